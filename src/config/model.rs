@@ -1,0 +1,522 @@
+//! The YAML schema (DESIGN §3), one Rust type per YAML mapping.
+//!
+//! These types mirror the file 1:1 so that serde reports unknown keys and
+//! `skiff schema` derives the JSON Schema from the same source. Rules that
+//! span several fields (references, duplicates, "not supported yet") live in
+//! `validate.rs`; defaults are applied here so `/config_dump` shows them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin server: metrics, readiness, config dump.
+    pub admin: Admin,
+    /// Process-level settings.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// One JSON line per request. Off when the section is absent.
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
+    /// DNS resolver for `dns:` clusters (not supported yet).
+    #[serde(default)]
+    pub resolver: Option<Resolver>,
+    /// This workload's mesh identity (not supported yet).
+    #[serde(default)]
+    pub tls: Option<MeshTls>,
+    /// Where the proxy accepts traffic.
+    pub listeners: Vec<Listener>,
+    /// Where the proxy sends traffic.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port` of the admin server, e.g. `127.0.0.1:15000`.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Tokio worker threads. Default: the CPUs this process may use (cgroup quota respected).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
+    #[serde(default)]
+    pub drain_timeout: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path.
+    #[serde(default = "stdout")]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resolver {
+    /// DNS servers as `ip:port`.
+    pub servers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshTls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 prior knowledge on the same port.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// `ip:port` to bind; port 0 picks a free port.
+    pub address: String,
+    /// Destination from SO_ORIGINAL_DST (iptables REDIRECT). Not supported yet.
+    #[serde(default)]
+    pub transparent: bool,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Unknown authority / opaque TCP goes to the original destination. Not supported yet.
+    #[serde(default)]
+    pub passthrough: bool,
+    /// Ports proxied as opaque TCP without protocol detection. Not supported yet.
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
+    /// Downstream connection limits; safe defaults when absent.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub authorization: Option<Vec<AuthorizationRule>>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub jwt: Option<Jwt>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Downstream limits. Every field has a default chosen for a sidecar.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Largest request head (request line + headers) accepted; larger gets 431. Default 64 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients. Default 1024.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 initial stream window in bytes. Default 1 MiB.
+    #[serde(default = "default_stream_window")]
+    pub initial_stream_window: u32,
+    /// HTTP/2 initial connection window in bytes. Default 4 MiB.
+    #[serde(default = "default_connection_window")]
+    pub initial_connection_window: u32,
+    /// Time a client has to send a complete request head. Default 10s.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// HTTP/2 keep-alive PING interval toward clients. Default 30s.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: Dur,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: default_max_header_bytes(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            initial_stream_window: default_stream_window(),
+            initial_connection_window: default_connection_window(),
+            header_read_timeout: default_header_read_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    /// `host`, `host:port`, `*.suffix` or `*`.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Optional name shown by `skiff route` and in logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub match_: RouteMatch,
+    /// The cluster that serves this route (or `weighted_clusters`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Overall timeout of the exchange; none when absent (long streams live).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// `false` skips the listener's JWT check on this route. Not supported yet.
+    #[serde(default)]
+    pub jwt: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path prefix, e.g. `/shop.Inventory/`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    /// HTTP method, e.g. `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total tries, the first one included.
+    pub attempts: u32,
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
+    #[serde(default)]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    #[serde(default)]
+    pub budget: Option<RetryBudget>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    pub base: Dur,
+    pub max: Dur,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// The downstream request's protocol (HTTP/2 for gRPC).
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastRequest,
+    PeakEwma,
+    RingHash,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time to establish a TCP connection. Default 1s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// ring_hash only. Not supported yet.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    /// Static endpoints: `"ip:port"` or `{address, weight}`.
+    #[serde(default)]
+    pub endpoints: Option<Vec<EndpointSpec>>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub dns: Option<DnsDiscovery>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
+    /// Upstream connection pool settings; defaults when absent.
+    #[serde(default)]
+    pub pool: PoolSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Close an upstream connection idle this long. Default 60s.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Idle HTTP/1.1 connections kept per endpoint. Default 64.
+    #[serde(default = "default_max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            idle_timeout: default_pool_idle_timeout(),
+            max_idle_per_endpoint: default_max_idle_per_endpoint(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    Address(String),
+    Weighted {
+        address: String,
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+impl EndpointSpec {
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointSpec::Address(a) => a,
+            EndpointSpec::Weighted { address, .. } => address,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointSpec::Address(_) => 1,
+            EndpointSpec::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub refresh: Option<Dur>,
+    #[serde(default)]
+    pub srv: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub grpc: Option<GrpcHealthCheck>,
+    #[serde(default)]
+    pub http: Option<HttpHealthCheck>,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    #[serde(default)]
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default)]
+    pub base_ejection_time: Option<Dur>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_pending: Option<u32>,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// strict | permissive | disabled | terminate
+    pub mode: String,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// mesh | simple | disabled
+    pub mode: String,
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRule {
+    pub allow: AuthorizationAllow,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationAllow {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks_file: String,
+    #[serde(default)]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn stdout() -> String {
+    "stdout".to_string()
+}
+fn default_connect_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_concurrent_streams() -> u32 {
+    1024
+}
+fn default_stream_window() -> u32 {
+    1024 * 1024
+}
+fn default_connection_window() -> u32 {
+    4 * 1024 * 1024
+}
+fn default_header_read_timeout() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_keepalive_interval() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_pool_idle_timeout() -> Dur {
+    Dur::from_secs(60)
+}
+fn default_max_idle_per_endpoint() -> usize {
+    64
+}

@@ -1,0 +1,6 @@
+//! Skiff: a per-pod sidecar proxy for east-west HTTP/2 and gRPC traffic.
+//!
+//! Start reading at [`app`] (what is bound and run) and `proxy.rs` (the
+//! request path, in request order).
+
+pub mod config;
