@@ -3,4 +3,5 @@
 //! Start reading at [`app`] (what is bound and run) and `proxy.rs` (the
 //! request path, in request order).
 
+pub mod app;
 pub mod config;
