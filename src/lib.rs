@@ -5,3 +5,8 @@
 
 pub mod app;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod upstream;
+pub mod cluster;
+pub mod metrics;

@@ -1,0 +1,150 @@
+//! gRPC over HTTP/2 as the proxy needs it: recognising calls, deadlines in
+//! `grpc-timeout`, and trailers-only error responses.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Response};
+
+use super::body::ProxyBody;
+
+pub const OK: u8 = 0;
+pub const DEADLINE_EXCEEDED: u8 = 4;
+pub const PERMISSION_DENIED: u8 = 7;
+pub const RESOURCE_EXHAUSTED: u8 = 8;
+pub const UNIMPLEMENTED: u8 = 12;
+pub const INTERNAL: u8 = 13;
+pub const UNAVAILABLE: u8 = 14;
+pub const UNAUTHENTICATED: u8 = 16;
+
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const GRPC_STATUS: &str = "grpc-status";
+pub const GRPC_MESSAGE: &str = "grpc-message";
+
+/// A request is gRPC when its content-type starts with `application/grpc`.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Parse a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n.checked_mul(3600)?),
+        b'M' => Duration::from_secs(n.checked_mul(60)?),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encode `d` as a `grpc-timeout` value with the finest unit that fits 8 digits,
+/// never rounding up (the upstream must not get more time than is left).
+pub fn encode_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let candidates = [
+        (d.as_nanos(), 'n'),
+        (d.as_micros(), 'u'),
+        (d.as_millis(), 'm'),
+        (u128::from(d.as_secs()), 'S'),
+        (u128::from(d.as_secs() / 60), 'M'),
+        (u128::from(d.as_secs() / 3600), 'H'),
+    ];
+    let (n, unit) = candidates
+        .into_iter()
+        .find(|(n, _)| *n <= MAX)
+        .unwrap_or((MAX, 'H'));
+    let mut buf = n.to_string();
+    buf.push(unit);
+    HeaderValue::from_str(&buf).unwrap_or(HeaderValue::from_static("99999999H"))
+}
+
+/// The grpc-status in `headers` (a trailers-only response, or the trailers).
+pub fn status_of(headers: &HeaderMap) -> Option<u8> {
+    let v = headers.get(GRPC_STATUS)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
+/// A trailers-only gRPC response: HTTP 200 whose headers end the stream and
+/// carry `grpc-status` and a percent-encoded `grpc-message`.
+pub fn trailers_only(status: u8, message: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(status)));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    r
+}
+
+/// Percent-encode a grpc-message as the gRPC spec asks: everything outside
+/// printable ASCII 0x20..=0x7E, and `%` itself.
+pub fn percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for &b in msg.as_bytes() {
+        if (0x21..=0x7E).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout(b"99u"), Some(Duration::from_micros(99)));
+        assert_eq!(parse_timeout(b"7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn refuses_malformed_timeouts() {
+        for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_without_rounding_up() {
+        assert_eq!(encode_timeout(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(encode_timeout(Duration::from_nanos(42)), "42n");
+        assert_eq!(encode_timeout(Duration::from_secs(3 * 86400)), "259200S");
+        let d = Duration::from_millis(123_456_789);
+        let back = parse_timeout(encode_timeout(d).as_bytes()).unwrap();
+        assert!(back <= d && d - back < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn recognises_grpc_content_types() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/grpc+proto"));
+        assert!(is_grpc(&h));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        assert!(!is_grpc(&h));
+    }
+
+    #[test]
+    fn percent_encodes_messages() {
+        assert_eq!(percent_encode("a b%c"), "a%20b%25c");
+        assert_eq!(percent_encode("ü"), "%C3%BC");
+    }
+}

@@ -1,0 +1,189 @@
+//! The proxy's Prometheus metrics (DESIGN §5), on one registry, no globals.
+//!
+//! Label children are resolved when a listener or cluster is built and kept
+//! in small handle structs, so the request path bumps counters without
+//! hashing label values. Per-endpoint detail lives in `/clusters`, not here.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+use crate::error::ErrorKind;
+
+/// Latency buckets for one proxied request, 250µs to 60s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+];
+
+/// Every metric family, registered on `registry`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_attempts: IntCounterVec,
+    connections_active: IntGaugeVec,
+    proxy_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new("skiff_requests_total", "Requests completed, by response status."),
+            &["listener", "cluster", "status", "grpc_status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "skiff_request_duration_seconds",
+                "Time from request received to response stream end.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["listener", "cluster"],
+        )?;
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new("skiff_upstream_attempts_total", "Tries sent to an upstream endpoint, by result."),
+            &["cluster", "result"],
+        )?;
+        let connections_active = IntGaugeVec::new(
+            Opts::new("skiff_connections_active", "Open downstream connections."),
+            &["listener"],
+        )?;
+        let proxy_errors = IntCounterVec::new(
+            Opts::new("skiff_proxy_errors_total", "Requests the proxy ended itself, by x-skiff-error kind."),
+            &["listener", "kind"],
+        )?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(proxy_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests_total,
+            request_duration,
+            upstream_attempts,
+            connections_active,
+            proxy_errors,
+        })
+    }
+
+    /// Handles for one listener.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            connections_active: self.connections_active.with_label_values(&[listener]),
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| (*k, self.proxy_errors.with_label_values(&[listener, k.as_str()])))
+                .collect(),
+        }
+    }
+
+    /// Handles for one (listener, cluster) pair; `cluster` is empty for requests no route took.
+    pub fn route(&self, listener: &str, cluster: &str) -> RouteMetrics {
+        RouteMetrics {
+            listener: listener.to_owned(),
+            cluster: cluster.to_owned(),
+            duration: self.request_duration.with_label_values(&[listener, cluster]),
+            requests: self.requests_total.clone(),
+            ok: Default::default(),
+        }
+    }
+
+    /// Handles for one cluster.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let a = |r: &str| self.upstream_attempts.with_label_values(&[cluster, r]);
+        ClusterMetrics {
+            success: a("success"),
+            failure: a("failure"),
+            timeout: a("timeout"),
+            reset: a("reset"),
+            connect_failure: a("connect_failure"),
+        }
+    }
+}
+
+pub struct ListenerMetrics {
+    pub connections_active: IntGauge,
+    errors: Vec<(ErrorKind, IntCounter)>,
+}
+
+impl ListenerMetrics {
+    pub fn proxy_error(&self, kind: ErrorKind) {
+        if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == kind) {
+            c.inc();
+        }
+    }
+}
+
+/// One (listener, cluster) pair's request metrics.
+pub struct RouteMetrics {
+    listener: String,
+    cluster: String,
+    duration: Histogram,
+    requests: IntCounterVec,
+    /// Status 200 children by grpc_status (0..=16, 17 = not gRPC), made on first use.
+    ok: [OnceLock<IntCounter>; 18],
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: u16, grpc_status: Option<u8>, seconds: f64) {
+        self.duration.observe(seconds);
+        let counter = match (status, grpc_status) {
+            (200, None) => self.ok[17].get_or_init(|| self.child(200, None)),
+            (200, Some(g)) if g <= 16 => self.ok[usize::from(g)].get_or_init(|| self.child(200, Some(g))),
+            _ => {
+                self.child(status, grpc_status).inc();
+                return;
+            }
+        };
+        counter.inc();
+    }
+
+    fn child(&self, status: u16, grpc_status: Option<u8>) -> IntCounter {
+        let status = status.to_string();
+        let grpc = grpc_status.map(|g| g.to_string()).unwrap_or_default();
+        self.requests
+            .with_label_values(&[&self.listener, &self.cluster, &status, &grpc])
+    }
+}
+
+/// One cluster's upstream attempt counters.
+pub struct ClusterMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub timeout: IntCounter,
+    pub reset: IntCounter,
+    pub connect_failure: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    #[test]
+    fn request_metrics_are_labelled() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("outbound", "inventory");
+        r.observe(200, Some(0), 0.001);
+        r.observe(200, Some(0), 0.002);
+        r.observe(503, None, 0.003);
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(
+            r#"skiff_requests_total{cluster="inventory",grpc_status="0",listener="outbound",status="200"} 2"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"skiff_requests_total{cluster="inventory",grpc_status="",listener="outbound",status="503"} 1"#
+        ));
+        assert!(text.contains(r#"skiff_request_duration_seconds_count{cluster="inventory",listener="outbound"} 3"#));
+    }
+}

@@ -1,0 +1,306 @@
+//! HTTP/2 to an upstream, on h2 directly: it tells us the peer's
+//! SETTINGS_MAX_CONCURRENT_STREAMS, so a connection takes streams up to the
+//! peer's limit and only then does the pool open another one.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use http_body::Body;
+use tokio::time::Instant;
+
+use super::{Pool, UpstreamError};
+use crate::http::body::{ProxyBody, RequestBody};
+
+/// `active` of a connection being closed for idleness: larger than any
+/// stream limit, so no new stream can be taken on it.
+const CLOSING: usize = usize::MAX / 2;
+
+/// One HTTP/2 connection and the streams open on it.
+struct H2Conn {
+    sender: ::h2::client::SendRequest<Bytes>,
+    active: AtomicUsize,
+    closed: AtomicBool,
+    last_used: Mutex<Instant>,
+}
+
+/// A taken stream slot: released when both the request and response sides are done.
+struct StreamSlot(Arc<H2Conn>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Default)]
+pub(super) struct H2Pool {
+    conns: Mutex<Vec<Arc<H2Conn>>>,
+    // Serialises opening connections, so a burst of requests to a new
+    // endpoint shares one connection instead of opening one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Pool {
+    pub(super) fn len(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn try_take(&self) -> Option<StreamSlot> {
+        let mut conns = self.conns.lock().ok()?;
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        for c in conns.iter() {
+            let max = c.sender.current_max_send_streams();
+            let taken = c
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < max).then_some(a + 1))
+                .is_ok();
+            if taken {
+                if let Ok(mut t) = c.last_used.lock() {
+                    *t = Instant::now();
+                }
+                return Some(StreamSlot(c.clone()));
+            }
+        }
+        None
+    }
+
+    fn remove(&self, conn: &Arc<H2Conn>) {
+        conn.closed.store(true, Ordering::Release);
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.retain(|c| !Arc::ptr_eq(c, conn));
+        }
+    }
+}
+
+impl Pool {
+    async fn take_h2(self: &Pool) -> Result<StreamSlot, UpstreamError> {
+        if let Some(slot) = self.h2.try_take() {
+            return Ok(slot);
+        }
+        let _guard = self.h2.connecting.lock().await;
+        if let Some(slot) = self.h2.try_take() {
+            return Ok(slot);
+        }
+        let tcp = self.connect().await?;
+        let (sender, connection) = ::h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_send_buffer_size(256 * 1024)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|e| UpstreamError::Reset {
+                addr: self.addr,
+                reason: format!("HTTP/2 handshake failed: {e}"),
+            })?;
+        let conn = Arc::new(H2Conn {
+            sender,
+            active: AtomicUsize::new(1),
+            closed: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+        });
+        if let Ok(mut conns) = self.h2.conns.lock() {
+            conns.push(conn.clone());
+        }
+        tokio::spawn(drive(connection, conn.clone(), self.config.idle_timeout, self.addr));
+        Ok(StreamSlot(conn))
+    }
+
+    pub(super) async fn send_h2(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        parts.version = Version::HTTP_2;
+        parts.uri = absolute_uri(&parts)?;
+        parts.headers.remove(http::header::HOST);
+        let end_of_stream = body.is_end_stream();
+        let head = Request::from_parts(parts, ());
+
+        // A connection that just went away (GOAWAY, closed) never saw the
+        // request: try once more on another connection.
+        let mut tries = 0;
+        let (slot, response, stream) = loop {
+            tries += 1;
+            let slot = self.take_h2().await?;
+            let ready = slot.0.sender.clone().ready().await;
+            let mut sender = match ready {
+                Ok(s) => s,
+                Err(e) => {
+                    self.h2.remove(&slot.0);
+                    if tries < 2 {
+                        continue;
+                    }
+                    return Err(self.reset(e));
+                }
+            };
+            match sender.send_request(clone_head(&head), end_of_stream) {
+                Ok((response, stream)) => break (slot, response, stream),
+                Err(e) => {
+                    self.h2.remove(&slot.0);
+                    if tries < 2 && (e.is_go_away() || e.is_io()) {
+                        continue;
+                    }
+                    return Err(self.reset(e));
+                }
+            }
+        };
+        let slot = Arc::new(slot);
+        if !end_of_stream {
+            tokio::spawn(pump_request(body, stream, slot.clone()));
+        }
+        let response = response.await.map_err(|e| self.reset(e))?;
+        let (parts, recv) = response.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::h2(recv, Some(Box::new(slot))),
+        ))
+    }
+
+    fn reset(&self, e: ::h2::Error) -> UpstreamError {
+        UpstreamError::Reset {
+            addr: self.addr,
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn clone_head(head: &Request<()>) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = head.method().clone();
+    *r.uri_mut() = head.uri().clone();
+    *r.version_mut() = head.version();
+    *r.headers_mut() = head.headers().clone();
+    r
+}
+
+/// HTTP/2 wants scheme and authority in the URI; an HTTP/1.1 request has the
+/// authority in its Host header.
+fn absolute_uri(parts: &http::request::Parts) -> Result<Uri, UpstreamError> {
+    if parts.uri.authority().is_some() && parts.uri.scheme().is_some() {
+        return Ok(parts.uri.clone());
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| UpstreamError::Invalid {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: format!("bad request target: {e}"),
+        })
+}
+
+/// Copy the downstream request body to the upstream stream, taking only as
+/// much from the client as the upstream's flow-control window allows.
+async fn pump_request(
+    mut body: RequestBody,
+    mut tx: ::h2::SendStream<Bytes>,
+    _slot: Arc<StreamSlot>,
+) {
+    loop {
+        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => {
+                let _ = tx.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => {
+                tx.send_reset(::h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let end = body.is_end_stream();
+                    if data.is_empty() {
+                        if end {
+                            let _ = tx.send_data(Bytes::new(), true);
+                            return;
+                        }
+                        continue;
+                    }
+                    while !data.is_empty() {
+                        tx.reserve_capacity(data.len());
+                        let cap = match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                            Some(Ok(n)) if n > 0 => n,
+                            Some(Ok(_)) => continue,
+                            _ => return, // the stream is gone (reset or finished)
+                        };
+                        let chunk = data.split_to(cap.min(data.len()));
+                        if tx.send_data(chunk, end && data.is_empty()).is_err() {
+                            return;
+                        }
+                    }
+                    if end {
+                        return; // the last chunk carried END_STREAM
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = tx.send_trailers(trailers);
+                    } else {
+                        let _ = tx.send_data(Bytes::new(), true);
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Poll the connection until it ends, or close it after `idle` without streams.
+async fn drive<T>(
+    connection: ::h2::client::Connection<T, Bytes>,
+    conn: Arc<H2Conn>,
+    idle: std::time::Duration,
+    addr: std::net::SocketAddr,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::pin!(connection);
+    let check = (idle / 4).max(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            res = &mut connection => {
+                if let Err(e) = res {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                }
+                break;
+            }
+            _ = tokio::time::sleep(check) => {
+                let last = conn.last_used.lock().map(|t| *t).unwrap_or_else(|_| Instant::now());
+                if last.elapsed() >= idle
+                    && conn
+                        .active
+                        .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    tracing::debug!(%addr, "closing idle upstream HTTP/2 connection");
+                    break;
+                }
+            }
+        }
+    }
+    conn.closed.store(true, Ordering::Release);
+}

@@ -1,0 +1,103 @@
+//! Connections to one endpoint: connect, pool, send one request.
+//!
+//! Each endpoint owns a [`Pool`]: HTTP/2 connections shared by many streams
+//! (a new one opens only when every open one is at the peer's
+//! max-concurrent-streams), and idle HTTP/1.1 keep-alive connections.
+
+mod h1;
+mod h2;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::net::TcpStream;
+
+use crate::http::body::{ProxyBody, RequestBody};
+
+/// The protocol spoken to an upstream for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Pool settings, from the cluster's config.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("upstream {addr} reset the request before responding: {reason}")]
+    Reset { addr: SocketAddr, reason: String },
+    #[error("the request to {addr} cannot be sent: {reason}")]
+    Invalid { addr: SocketAddr, reason: String },
+}
+
+/// The connections of one endpoint.
+pub struct Pool {
+    addr: SocketAddr,
+    config: PoolConfig,
+    h2: h2::H2Pool,
+    h1: Arc<Mutex<Vec<h1::Idle>>>,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr, config: PoolConfig) -> Self {
+        Pool {
+            addr,
+            config,
+            h2: h2::H2Pool::default(),
+            h1: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open connections: (HTTP/2, idle HTTP/1.1).
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let h1 = self.h1.lock().map(|v| v.len()).unwrap_or(0);
+        (self.h2.len(), h1)
+    }
+
+    /// Send `req` (URI, version and Host are fixed up here) and wait for the response head.
+    pub async fn send(
+        &self,
+        proto: Protocol,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        match proto {
+            Protocol::Http2 => self.send_h2(req).await,
+            Protocol::Http1 => self.send_h1(req).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        let addr = self.addr;
+        let timeout = self.config.connect_timeout;
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+            Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),
+        }
+    }
+}
