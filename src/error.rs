@@ -186,7 +186,10 @@ mod tests {
         let r = ProxyError::new(ErrorKind::Timeout, "route timeout 2s elapsed").to_response(true);
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["grpc-status"], "4");
-        assert_eq!(r.headers()["grpc-message"], "route%20timeout%202s%20elapsed");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "route%20timeout%202s%20elapsed"
+        );
         assert_eq!(r.headers()[ERROR_HEADER], "timeout");
         assert_eq!(r.headers()["content-type"], "application/grpc");
     }

@@ -3,10 +3,16 @@
 //! Start reading at [`app`] (what is bound and run) and `proxy.rs` (the
 //! request path, in request order).
 
+pub mod access_log;
+pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
-pub mod upstream;
-pub mod cluster;
+pub mod listener;
 pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod upstream;

@@ -1,1 +1,245 @@
-fn main() {}
+//! The `skiff` binary: parse the command line, then run, validate, explain or print the schema.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use skiff::config::{self, Config};
+use skiff::router::{RequestInfo, Router};
+
+mod cli;
+use cli::{Cli, Command, RouteArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match cli.command {
+        Command::Run(a) => run(&a.config),
+        Command::Validate(a) => return validate(&a.config),
+        Command::Route(a) => route(&a),
+        Command::Schema => serde_json::to_string_pretty(&config::json_schema())
+            .map(|s| println!("{s}"))
+            .context("printing the schema"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match cli.log_format.as_deref() {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stdout().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        b.init();
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    config::load_file(path).map_err(|errors| {
+        let n = errors.0.len();
+        anyhow::anyhow!(
+            "{errors}\n{n} error{} in {}; nothing was started",
+            if n == 1 { "" } else { "s" },
+            path.display()
+        )
+    })
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let threads = skiff::runtime::worker_threads(config.runtime.worker_threads);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("skiff-worker")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        tracing::info!(config = %path.display(), worker_threads = threads, version = env!("CARGO_PKG_VERSION"), "starting");
+        let bound = skiff::app::build(config).await?;
+        bound.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(c) => {
+            let routes: usize = c
+                .listeners
+                .iter()
+                .flat_map(|l| &l.virtual_hosts)
+                .map(|v| v.routes.len())
+                .sum();
+            println!(
+                "{}: valid ({} listeners, {} routes, {} clusters)",
+                path.display(),
+                c.listeners.len(),
+                routes,
+                c.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            let n = errors.0.len();
+            println!(
+                "{n} error{} in {}",
+                if n == 1 { "" } else { "s" },
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn route(a: &RouteArgs) -> anyhow::Result<()> {
+    let config = load(&a.config)?;
+    let method =
+        Method::from_bytes(a.method.as_bytes()).context("--method is not an HTTP method")?;
+    let mut headers = HeaderMap::new();
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once('=')
+            .with_context(|| format!("--header {h:?} is not name=value"))?;
+        headers.append(
+            HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("bad header name {k:?}"))?,
+            HeaderValue::from_str(v).with_context(|| format!("bad header value {v:?}"))?,
+        );
+    }
+    let req = RequestInfo {
+        authority: &a.authority,
+        path: &a.path,
+        method: &method,
+        headers: &headers,
+    };
+    println!(
+        "request: {} {}{} {:?}",
+        method, a.authority, a.path, a.headers
+    );
+    let mut shown = 0;
+    for l in &config.listeners {
+        if a.listener.as_deref().is_some_and(|n| n != l.name) {
+            continue;
+        }
+        shown += 1;
+        let clusters: std::collections::HashMap<&str, &config::Cluster> = config
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let router = Router::build(l, |name| clusters.get(name).copied())
+            .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
+        println!("\nlistener {} ({})", l.name, l.address);
+        let e = router.explain(&req);
+        let Some((vh, how)) = &e.virtual_host else {
+            println!(
+                "  no virtual host: no domain matches {:?} -> 404 / UNIMPLEMENTED (no_route)",
+                a.authority
+            );
+            for v in router.virtual_hosts() {
+                println!("    {}: {:?}", v.name, v.domains);
+            }
+            continue;
+        };
+        println!("  virtual host {vh}: {how}");
+        for (i, (name, res)) in e.routes.iter().enumerate() {
+            match res {
+                Err(why) => println!("  route {name}: no match: {why}"),
+                Ok(()) => {
+                    let Some(vhost) = router.virtual_hosts().iter().find(|v| &v.name == vh) else {
+                        continue;
+                    };
+                    let r = &vhost.routes[i.min(vhost.routes.len().saturating_sub(1))];
+                    println!("  route {name}: MATCH");
+                    println!("    cluster:  {}", r.action.cluster_names().join(", "));
+                    for c in r.action.cluster_names() {
+                        if let Some(c) = clusters.get(c) {
+                            let eps: Vec<&str> =
+                                c.endpoints.iter().flatten().map(|e| e.address()).collect();
+                            println!(
+                                "      {}: protocol {:?}, lb {:?}, endpoints {:?}",
+                                c.name, c.protocol, c.lb, eps
+                            );
+                        }
+                    }
+                    let rc = l
+                        .virtual_hosts
+                        .iter()
+                        .find(|v| &v.name == vh)
+                        .and_then(|v| v.routes.get(i));
+                    match r.timeout {
+                        Some(t) => {
+                            println!("    timeout:  {t:?} (a client grpc-timeout may shorten it)")
+                        }
+                        None => println!(
+                            "    timeout:  none (only a client grpc-timeout bounds the call)"
+                        ),
+                    }
+                    match rc.and_then(|r| r.retry.as_ref()) {
+                        Some(p) => println!("    retry:    {} attempts on {:?}", p.attempts, p.on),
+                        None => println!("    retry:    none"),
+                    }
+                }
+            }
+        }
+        if e.matched.is_none() {
+            println!("  no route matched -> 404 / UNIMPLEMENTED (no_route)");
+        }
+    }
+    if shown == 0 {
+        anyhow::bail!(
+            "no listener named {:?}",
+            a.listener.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -33,7 +33,9 @@ pub struct DurationError {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError { input: s.to_string() };
+    let err = || DurationError {
+        input: s.to_string(),
+    };
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -79,7 +81,9 @@ impl fmt::Display for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -49,7 +49,9 @@ enum Inner {
 
 impl ProxyBody {
     pub fn empty() -> Self {
-        ProxyBody { inner: Inner::Empty }
+        ProxyBody {
+            inner: Inner::Empty,
+        }
     }
     pub fn full(b: impl Into<Bytes>) -> Self {
         ProxyBody {
@@ -264,12 +266,20 @@ impl Body for ObservedBody {
                 if this.grpc {
                     // End the call the way a gRPC client understands.
                     let mut t = HeaderMap::new();
-                    t.insert(grpc::GRPC_STATUS, HeaderValue::from(u16::from(grpc::DEADLINE_EXCEEDED)));
+                    t.insert(
+                        grpc::GRPC_STATUS,
+                        HeaderValue::from(u16::from(grpc::DEADLINE_EXCEEDED)),
+                    );
                     t.insert(
                         grpc::GRPC_MESSAGE,
-                        HeaderValue::from_static("deadline%20exceeded%20while%20streaming%20the%20response"),
+                        HeaderValue::from_static(
+                            "deadline%20exceeded%20while%20streaming%20the%20response",
+                        ),
                     );
-                    t.insert(crate::error::ERROR_HEADER, HeaderValue::from_static("timeout"));
+                    t.insert(
+                        crate::error::ERROR_HEADER,
+                        HeaderValue::from_static("timeout"),
+                    );
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
                 return Poll::Ready(Some(Err(BodyError::Timeout)));

@@ -136,7 +136,10 @@ mod tests {
     #[test]
     fn recognises_grpc_content_types() {
         let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/grpc+proto"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         assert!(is_grpc(&h));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         assert!(!is_grpc(&h));

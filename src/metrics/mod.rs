@@ -7,16 +7,16 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::error::ErrorKind;
 
 /// Latency buckets for one proxied request, 250µs to 60s.
 const DURATION_BUCKETS: &[f64] = &[
-    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
 ];
 
 /// Every metric family, registered on `registry`.
@@ -34,7 +34,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
-            Opts::new("skiff_requests_total", "Requests completed, by response status."),
+            Opts::new(
+                "skiff_requests_total",
+                "Requests completed, by response status.",
+            ),
             &["listener", "cluster", "status", "grpc_status"],
         )?;
         let request_duration = HistogramVec::new(
@@ -46,7 +49,10 @@ impl Metrics {
             &["listener", "cluster"],
         )?;
         let upstream_attempts = IntCounterVec::new(
-            Opts::new("skiff_upstream_attempts_total", "Tries sent to an upstream endpoint, by result."),
+            Opts::new(
+                "skiff_upstream_attempts_total",
+                "Tries sent to an upstream endpoint, by result.",
+            ),
             &["cluster", "result"],
         )?;
         let connections_active = IntGaugeVec::new(
@@ -54,7 +60,10 @@ impl Metrics {
             &["listener"],
         )?;
         let proxy_errors = IntCounterVec::new(
-            Opts::new("skiff_proxy_errors_total", "Requests the proxy ended itself, by x-skiff-error kind."),
+            Opts::new(
+                "skiff_proxy_errors_total",
+                "Requests the proxy ended itself, by x-skiff-error kind.",
+            ),
             &["listener", "kind"],
         )?;
         registry.register(Box::new(requests_total.clone()))?;
@@ -78,7 +87,12 @@ impl Metrics {
             connections_active: self.connections_active.with_label_values(&[listener]),
             errors: ErrorKind::ALL
                 .iter()
-                .map(|k| (*k, self.proxy_errors.with_label_values(&[listener, k.as_str()])))
+                .map(|k| {
+                    (
+                        *k,
+                        self.proxy_errors.with_label_values(&[listener, k.as_str()]),
+                    )
+                })
                 .collect(),
         }
     }
@@ -88,7 +102,9 @@ impl Metrics {
         RouteMetrics {
             listener: listener.to_owned(),
             cluster: cluster.to_owned(),
-            duration: self.request_duration.with_label_values(&[listener, cluster]),
+            duration: self
+                .request_duration
+                .with_label_values(&[listener, cluster]),
             requests: self.requests_total.clone(),
             ok: Default::default(),
         }
@@ -135,7 +151,9 @@ impl RouteMetrics {
         self.duration.observe(seconds);
         let counter = match (status, grpc_status) {
             (200, None) => self.ok[17].get_or_init(|| self.child(200, None)),
-            (200, Some(g)) if g <= 16 => self.ok[usize::from(g)].get_or_init(|| self.child(200, Some(g))),
+            (200, Some(g)) if g <= 16 => {
+                self.ok[usize::from(g)].get_or_init(|| self.child(200, Some(g)))
+            }
             _ => {
                 self.child(status, grpc_status).inc();
                 return;
@@ -184,6 +202,8 @@ mod tests {
         assert!(text.contains(
             r#"skiff_requests_total{cluster="inventory",grpc_status="",listener="outbound",status="503"} 1"#
         ));
-        assert!(text.contains(r#"skiff_request_duration_seconds_count{cluster="inventory",listener="outbound"} 3"#));
+        assert!(text.contains(
+            r#"skiff_request_duration_seconds_count{cluster="inventory",listener="outbound"} 3"#
+        ));
     }
 }

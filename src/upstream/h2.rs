@@ -56,7 +56,9 @@ impl H2Pool {
             let max = c.sender.current_max_send_streams();
             let taken = c
                 .active
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < max).then_some(a + 1))
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                    (a < max).then_some(a + 1)
+                })
                 .is_ok();
             if taken {
                 if let Ok(mut t) = c.last_used.lock() {
@@ -106,7 +108,12 @@ impl Pool {
         if let Ok(mut conns) = self.h2.conns.lock() {
             conns.push(conn.clone());
         }
-        tokio::spawn(drive(connection, conn.clone(), self.config.idle_timeout, self.addr));
+        tokio::spawn(drive(
+            connection,
+            conn.clone(),
+            self.config.idle_timeout,
+            self.addr,
+        ));
         Ok(StreamSlot(conn))
     }
 

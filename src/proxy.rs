@@ -1,0 +1,347 @@
+//! THE request path, in request order. Read this first.
+//!
+//! 1. name the request (request id, gRPC or not, authority)
+//! 2. route it: virtual host, then the first matching route
+//! 3. pick the cluster (weighted clusters draw one) and an endpoint
+//! 4. set the deadline: route `timeout`, capped by the client's `grpc-timeout`
+//! 5. send upstream with hop-by-hop headers removed and `grpc-timeout` set to the time left
+//! 6. stream the response back; when it ends, record metrics and the access log
+//!
+//! Every way out of this function goes through [`Exchange::respond`] or
+//! [`Exchange::fail`], so metrics and the access log see every request once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::cluster::{Cluster, InFlight, UpstreamProtocol};
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::{
+    ObservedBody, OnStreamEnd, ProxyBody, RequestBody, StreamEnd, StreamOutcome,
+};
+use crate::http::{grpc, headers};
+use crate::metrics::{ListenerMetrics, RouteMetrics};
+use crate::router::{RequestInfo, Router};
+use crate::upstream::{Protocol, UpstreamError};
+
+/// Where a route sends requests: a cluster and the metrics of this listener × that cluster.
+#[derive(Clone)]
+pub struct Target {
+    pub cluster: Arc<Cluster>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// Everything one listener's requests need, shared by its connections.
+pub struct ListenerState {
+    pub name: Arc<str>,
+    pub router: Router<Target>,
+    pub metrics: ListenerMetrics,
+    /// Metrics for requests that never reached a cluster (`cluster=""`).
+    pub unrouted: Arc<RouteMetrics>,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// Proxy one request from a downstream client.
+pub async fn handle(
+    state: Arc<ListenerState>,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ObservedBody> {
+    // 1. Name the request.
+    let request_id = headers::ensure_request_id(req.headers_mut());
+    let mut ex = Exchange::new(state.clone(), client, &req, request_id);
+    let Some(authority) = ex.authority.clone() else {
+        return ex.fail(ProxyError::new(
+            ErrorKind::BadRequest,
+            "request has no authority (Host header)",
+        ));
+    };
+
+    // 2. Route.
+    let info = RequestInfo {
+        authority: &authority,
+        path: req.uri().path(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let Some(route) = state.router.route(&info) else {
+        let what = format!(
+            "no route for {} {}{}",
+            req.method(),
+            authority,
+            req.uri().path()
+        );
+        return ex.fail(ProxyError::new(ErrorKind::NoRoute, what));
+    };
+
+    // 3. Cluster and endpoint.
+    let Some((_, target)) = route.action.pick() else {
+        return ex.fail(ProxyError::new(
+            ErrorKind::NoHealthyUpstream,
+            "route has no cluster",
+        ));
+    };
+    ex.target = Some(target.clone());
+    let cluster = &target.cluster;
+    let Some(endpoint) = cluster.pick() else {
+        let what = format!("cluster {} has no healthy endpoint", cluster.name);
+        return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));
+    };
+    let in_flight = endpoint.start_request();
+
+    // 4. Deadline: the route timeout, capped by the client's grpc-timeout.
+    let client_deadline = req
+        .headers()
+        .get(grpc::GRPC_TIMEOUT)
+        .and_then(|v| grpc::parse_timeout(v.as_bytes()));
+    let budget = match (route.timeout, client_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    ex.deadline = budget.map(|b| ex.start + b);
+
+    // 5. Send upstream.
+    let proto = match (cluster.protocol, req.version()) {
+        (UpstreamProtocol::Http2, _) => Protocol::Http2,
+        (UpstreamProtocol::Http1, _) => Protocol::Http1,
+        (UpstreamProtocol::Auto, Version::HTTP_2) => Protocol::Http2,
+        (UpstreamProtocol::Auto, _) => Protocol::Http1,
+    };
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(deadline) = ex.deadline {
+        if ex.grpc {
+            let left = deadline.saturating_duration_since(Instant::now());
+            parts
+                .headers
+                .insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(left));
+        }
+    }
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, ex.bytes_in.clone()));
+    let sent = endpoint.pool.send(proto, upstream_req);
+    let result = match ex.deadline {
+        Some(d) => match tokio::time::timeout_at(d, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.metrics.timeout.inc();
+                endpoint.record_failure();
+                let what = format!("no response within {:?}", budget.unwrap_or_default());
+                return ex
+                    .with_upstream(in_flight)
+                    .fail(ProxyError::new(ErrorKind::Timeout, what));
+            }
+        },
+        None => sent.await,
+    };
+    let ex = ex.with_upstream(in_flight);
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            endpoint.record_failure();
+            let kind = match &e {
+                UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                    cluster.metrics.connect_failure.inc();
+                    ErrorKind::ConnectFailure
+                }
+                UpstreamError::Reset { .. } => {
+                    cluster.metrics.reset.inc();
+                    ErrorKind::UpstreamReset
+                }
+                UpstreamError::Invalid { .. } => ErrorKind::BadRequest,
+            };
+            return ex.fail(ProxyError::new(kind, e.to_string()));
+        }
+    };
+    if resp.status().is_server_error() {
+        cluster.metrics.failure.inc();
+        endpoint.record_failure();
+    } else {
+        cluster.metrics.success.inc();
+    }
+
+    // 6. Stream the response back, in the client's HTTP version.
+    headers::strip_hop_by_hop(resp.headers_mut());
+    *resp.version_mut() = ex.version;
+    ex.respond(resp, None)
+}
+
+/// One request's bookkeeping, from arrival to the end of its response stream.
+struct Exchange {
+    state: Arc<ListenerState>,
+    start: Instant,
+    client: SocketAddr,
+    grpc: bool,
+    version: Version,
+    authority: Option<String>,
+    deadline: Option<Instant>,
+    target: Option<Target>,
+    bytes_in: Arc<AtomicU64>,
+    in_flight: Option<InFlight>,
+    log: Option<LogFields>,
+}
+
+/// What the access log needs beyond the metrics; only kept when it is on.
+struct LogFields {
+    version: Version,
+    method: http::Method,
+    path: String,
+    request_id: HeaderValue,
+}
+
+impl Exchange {
+    fn new(
+        state: Arc<ListenerState>,
+        client: SocketAddr,
+        req: &Request<Incoming>,
+        request_id: HeaderValue,
+    ) -> Self {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .filter(|a| !a.is_empty());
+        let log = state.access_log.is_some().then(|| LogFields {
+            version: req.version(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            request_id,
+        });
+        Exchange {
+            state,
+            start: Instant::now(),
+            client,
+            grpc: grpc::is_grpc(req.headers()),
+            version: req.version(),
+            authority,
+            deadline: None,
+            target: None,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            in_flight: None,
+            log,
+        }
+    }
+
+    fn with_upstream(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = Some(in_flight);
+        self
+    }
+
+    /// Answer with a proxy-made error (DESIGN §6).
+    fn fail(self, err: ProxyError) -> Response<ObservedBody> {
+        tracing::debug!(listener = %self.state.name, error = %err, "proxy error");
+        self.state.metrics.proxy_error(err.kind);
+        let resp = err.to_response(self.grpc);
+        self.respond(resp, Some(err.kind.flag()))
+    }
+
+    /// Hand `resp` to the client, observed until its stream ends.
+    fn respond(
+        self,
+        resp: Response<ProxyBody>,
+        flag: Option<&'static str>,
+    ) -> Response<ObservedBody> {
+        let (parts, body) = resp.into_parts();
+        let deadline = self
+            .deadline
+            .filter(|_| flag.is_none())
+            .map(|d| Box::pin(tokio::time::sleep_until(d)));
+        let done = Completion {
+            status: parts.status.as_u16(),
+            grpc_status: grpc::status_of(&parts.headers),
+            flag,
+            exchange: self,
+        };
+        let grpc = done.exchange.grpc;
+        Response::from_parts(
+            parts,
+            ObservedBody::new(body, deadline, grpc, Some(Box::new(done))),
+        )
+    }
+}
+
+/// Records the request when its response stream ends.
+struct Completion {
+    exchange: Exchange,
+    status: u16,
+    /// From the response head (trailers-only); trailers, if any, take over.
+    grpc_status: Option<u8>,
+    flag: Option<&'static str>,
+}
+
+impl OnStreamEnd for Completion {
+    fn finish(self: Box<Self>, end: StreamEnd) {
+        let Completion {
+            exchange: ex,
+            status,
+            grpc_status,
+            flag,
+        } = *self;
+        let elapsed = ex.start.elapsed();
+        let grpc_status = end.grpc_status.or(grpc_status);
+        let flag = flag.or(match end.outcome {
+            StreamOutcome::Complete => None,
+            StreamOutcome::Timeout => {
+                ex.state.metrics.proxy_error(ErrorKind::Timeout);
+                Some(ErrorKind::Timeout.flag())
+            }
+            StreamOutcome::UpstreamError => Some("UR"),
+            StreamOutcome::Cancelled => Some("DC"),
+        });
+        let grpc_status = match end.outcome {
+            StreamOutcome::Timeout if ex.grpc => Some(grpc::DEADLINE_EXCEEDED),
+            _ => grpc_status,
+        };
+        let metrics = ex
+            .target
+            .as_ref()
+            .map_or(&ex.state.unrouted, |t| &t.metrics);
+        metrics.observe(status, grpc_status, elapsed.as_secs_f64());
+
+        if let (Some(log), Some(fields)) = (&ex.state.access_log, &ex.log) {
+            log.write(&Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                listener: &ex.state.name,
+                client: ex.client.to_string(),
+                protocol: version_str(fields.version),
+                method: fields.method.as_str(),
+                authority: ex.authority.as_deref().unwrap_or(""),
+                path: &fields.path,
+                status,
+                grpc_status,
+                duration_ms: round_ms(elapsed),
+                cluster: ex.target.as_ref().map_or("", |t| &t.cluster.name),
+                upstream: ex.in_flight.as_ref().map(|f| f.endpoint().addr.to_string()),
+                bytes_in: ex.bytes_in.load(Ordering::Relaxed),
+                bytes_out: end.bytes_out,
+                flag: flag.unwrap_or("-"),
+                request_id: fields.request_id.to_str().unwrap_or(""),
+            });
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/0.9",
+    }
+}
