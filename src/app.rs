@@ -30,14 +30,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the proxy could not be built from a validated config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}")]
     Bind {
         what: String,
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the access log {path}: {source}")]
+    #[error("cannot open the access log {path}")]
     AccessLog {
         path: String,
         #[source]
@@ -73,25 +73,43 @@ impl Bound {
 
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
     }
 
     /// Every listener's name and bound address, in config order.
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners.iter().map(|l| (l.name.clone(), l.addr)).collect()
+        self.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect()
     }
 
     /// Serve until `shutdown` completes (or `POST /shutdown`), then stop
     /// accepting, let in-flight requests finish (bounded by
     /// `runtime.drain_timeout`) and return.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BuildError> {
         let (drain_tx, drain_rx) = watch::channel(false);
         for l in self.listeners {
             let builder = listener::http_builder(&l.limits, l.protocol);
-            tokio::spawn(listener::serve(l.socket, l.state, builder, drain_rx.clone()));
+            tokio::spawn(listener::serve(
+                l.socket,
+                l.state,
+                builder,
+                drain_rx.clone(),
+            ));
         }
         let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(self.admin_socket, self.admin.clone(), admin_stop_rx));
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin_socket,
+            self.admin.clone(),
+            admin_stop_rx,
+        ));
         self.admin.ready.store(true, Ordering::Release);
         tracing::info!("serving");
 
@@ -103,7 +121,10 @@ impl Bound {
         let _ = drain_tx.send(true);
         drop(drain_rx);
         // Every accept loop and connection holds a receiver; all gone = drained.
-        if tokio::time::timeout(self.drain_timeout, drain_tx.closed()).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, drain_tx.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 timeout = ?self.drain_timeout,
                 "drain timeout reached; closing the connections still open"
@@ -171,6 +192,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
             metrics: metrics.listener(&l.name),
             unrouted: Arc::new(metrics.route(&l.name, "")),
             access_log: access_log.clone(),
+            max_header_bytes: l.limits.max_header_bytes,
         });
         listeners.push(BoundListener {
             name: l.name.clone(),
@@ -188,11 +210,13 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         addr: config.admin.address.clone(),
         source,
     })?;
-    let admin_addr = admin_socket.local_addr().map_err(|source| BuildError::Bind {
-        what: "admin".into(),
-        addr: config.admin.address.clone(),
-        source,
-    })?;
+    let admin_addr = admin_socket
+        .local_addr()
+        .map_err(|source| BuildError::Bind {
+            what: "admin".into(),
+            addr: config.admin.address.clone(),
+            source,
+        })?;
     tracing::info!(listener = "admin", address = %admin_addr, "admin bound");
 
     let mut cluster_list: Vec<Arc<Cluster>> = clusters.into_values().collect();

@@ -243,3 +243,11 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How an enum value is spelled in the YAML.
+fn yaml_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

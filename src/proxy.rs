@@ -45,6 +45,8 @@ pub struct ListenerState {
     /// Metrics for requests that never reached a cluster (`cluster=""`).
     pub unrouted: Arc<RouteMetrics>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Largest request head accepted (HTTP/1.1 is held to it by hyper, HTTP/2 here).
+    pub max_header_bytes: usize,
 }
 
 /// Proxy one request from a downstream client.
@@ -56,6 +58,10 @@ pub async fn handle(
     // 1. Name the request.
     let request_id = headers::ensure_request_id(req.headers_mut());
     let mut ex = Exchange::new(state.clone(), client, &req, request_id);
+    if req.version() == Version::HTTP_2 && header_list_size(&req) > state.max_header_bytes {
+        let what = format!("request headers exceed {} bytes", state.max_header_bytes);
+        return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
+    }
     let Some(authority) = ex.authority.clone() else {
         return ex.fail(ProxyError::new(
             ErrorKind::BadRequest,
@@ -330,6 +336,20 @@ impl OnStreamEnd for Completion {
             });
         }
     }
+}
+
+/// HTTP/2's measure of a header list: name + value + 32 per field (RFC 9113 §6.5.2).
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + req.method().as_str().len()
+        + 4 * 32;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum::<usize>()
+        + pseudo
 }
 
 fn round_ms(d: Duration) -> f64 {

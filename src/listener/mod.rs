@@ -47,7 +47,7 @@ pub fn http_builder(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.initial_stream_window)
         .initial_connection_window_size(limits.initial_connection_window)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_limit(limits.max_header_bytes))
         .keep_alive_interval(Some(limits.keepalive_interval.get()))
         .keep_alive_timeout(Duration::from_secs(20));
     match protocol {
@@ -55,6 +55,12 @@ pub fn http_builder(
         ListenerProtocol::Http1 => b.http1_only(),
         ListenerProtocol::Http2 => b.http2_only(),
     }
+}
+
+/// h2 refuses a stream (REFUSED_STREAM, which clients retry) past its header
+/// limit; set it above ours so the proxy answers 431 for heads between the two.
+fn h2_header_list_limit(max_header_bytes: usize) -> u32 {
+    u32::try_from(max_header_bytes.saturating_mul(2).saturating_add(16 * 1024)).unwrap_or(u32::MAX)
 }
 
 /// Accept and serve connections until `drain` turns true.
