@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run every test: unit tests, integration tests against real peers, the
+# config fixtures. Installs the test peers first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-peers.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
