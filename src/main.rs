@@ -206,8 +206,11 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
                             let eps: Vec<&str> =
                                 c.endpoints.iter().flatten().map(|e| e.address()).collect();
                             println!(
-                                "      {}: protocol {:?}, lb {:?}, endpoints {:?}",
-                                c.name, c.protocol, c.lb, eps
+                                "      {}: protocol {}, lb {}, endpoints {:?}",
+                                c.name,
+                                yaml_name(&c.protocol),
+                                yaml_name(&c.lb),
+                                eps
                             );
                         }
                     }

@@ -128,32 +128,27 @@ impl Pool {
         let end_of_stream = body.is_end_stream();
         let head = Request::from_parts(parts, ());
 
-        // A connection that just went away (GOAWAY, closed) never saw the
-        // request: try once more on another connection.
+        // A connection that went away (GOAWAY, closed) since it was pooled
+        // fails `ready` before the request is handed over: take another.
         let mut tries = 0;
-        let (slot, response, stream) = loop {
+        let (slot, mut sender) = loop {
             tries += 1;
             let slot = self.take_h2().await?;
-            let ready = slot.0.sender.clone().ready().await;
-            let mut sender = match ready {
-                Ok(s) => s,
+            match slot.0.sender.clone().ready().await {
+                Ok(sender) => break (slot, sender),
                 Err(e) => {
                     self.h2.remove(&slot.0);
-                    if tries < 2 {
-                        continue;
+                    if tries >= 2 {
+                        return Err(self.reset(e));
                     }
-                    return Err(self.reset(e));
                 }
-            };
-            match sender.send_request(clone_head(&head), end_of_stream) {
-                Ok((response, stream)) => break (slot, response, stream),
-                Err(e) => {
-                    self.h2.remove(&slot.0);
-                    if tries < 2 && (e.is_go_away() || e.is_io()) {
-                        continue;
-                    }
-                    return Err(self.reset(e));
-                }
+            }
+        };
+        let (response, stream) = match sender.send_request(head, end_of_stream) {
+            Ok(r) => r,
+            Err(e) => {
+                self.h2.remove(&slot.0);
+                return Err(self.reset(e));
             }
         };
         let slot = Arc::new(slot);
@@ -174,15 +169,6 @@ impl Pool {
             reason: e.to_string(),
         }
     }
-}
-
-fn clone_head(head: &Request<()>) -> Request<()> {
-    let mut r = Request::new(());
-    *r.method_mut() = head.method().clone();
-    *r.uri_mut() = head.uri().clone();
-    *r.version_mut() = head.version();
-    *r.headers_mut() = head.headers().clone();
-    r
 }
 
 /// HTTP/2 wants scheme and authority in the URI; an HTTP/1.1 request has the
