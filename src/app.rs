@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
+use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerLimits, ListenerProtocol};
 use crate::listener;
@@ -26,6 +27,9 @@ use crate::router::Router;
 
 /// How long in-flight requests may take after a shutdown signal, unless configured.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `/ready` waits for every cluster's first discovery answer, unless configured.
+pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the proxy could not be built from a validated config.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,10 @@ pub struct Bound {
     admin: Arc<AdminState>,
     listeners: Vec<BoundListener>,
     drain_timeout: Duration,
+    discovery_timeout: Duration,
+    /// Clusters whose endpoints come from DNS, with their config and the shared resolver.
+    discovered: Vec<(Arc<Cluster>, crate::config::Cluster)>,
+    resolver: Option<Arc<DnsResolver>>,
 }
 
 impl Bound {
@@ -105,19 +113,28 @@ impl Bound {
             ));
         }
         let (admin_stop, admin_stop_rx) = watch::channel(false);
+        if let Some(resolver) = &self.resolver {
+            for (cluster, cfg) in &self.discovered {
+                discovery::start(cluster.clone(), cfg, resolver, admin_stop_rx.clone());
+            }
+        }
         let admin_task = tokio::spawn(admin::serve(
             self.admin_socket,
             self.admin.clone(),
+            admin_stop_rx.clone(),
+        ));
+        tokio::spawn(become_ready(
+            self.admin.clone(),
+            self.discovery_timeout,
             admin_stop_rx,
         ));
-        self.admin.ready.store(true, Ordering::Release);
         tracing::info!("serving");
 
         tokio::select! {
             _ = shutdown => tracing::info!("shutdown signal received; draining"),
             _ = self.admin.shutdown.notified() => tracing::info!("shutdown requested on the admin port; draining"),
         }
-        self.admin.ready.store(false, Ordering::Release);
+        self.admin.draining.store(true, Ordering::Release);
         let _ = drain_tx.send(true);
         drop(drain_rx);
         // Every accept loop and connection holds a receiver; all gone = drained.
@@ -138,6 +155,39 @@ impl Bound {
     }
 }
 
+/// Report ready once every cluster has had its first discovery answer, or
+/// after `timeout` with the clusters still empty named in the log.
+async fn become_ready(admin: Arc<AdminState>, timeout: Duration, mut stop: watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let waiting: Vec<&str> = admin
+            .clusters
+            .iter()
+            .filter(|c| !c.is_discovered())
+            .map(|c| &*c.name)
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                clusters = ?waiting,
+                ?timeout,
+                "no discovery answer yet for these clusters; reporting ready with them empty"
+            );
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    if !*stop.borrow() {
+        admin.ready.store(true, Ordering::Release);
+        tracing::info!("ready");
+    }
+}
+
 /// Bind every socket and build the runtime state for a validated `config`.
 pub async fn build(config: Config) -> Result<Bound, BuildError> {
     let metrics = Metrics::new().map_err(|e| BuildError::Invalid(format!("metrics: {e}")))?;
@@ -147,6 +197,20 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         .iter()
         .map(|c| (c.name.clone(), Arc::new(Cluster::from_config(c, &metrics))))
         .collect();
+
+    let discovered: Vec<(Arc<Cluster>, crate::config::Cluster)> = config
+        .clusters
+        .iter()
+        .filter(|c| c.dns.is_some())
+        .filter_map(|c| Some((clusters.get(&c.name)?.clone(), c.clone())))
+        .collect();
+    let resolver = if discovered.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
+        ))
+    };
 
     let access_log = match &config.access_log {
         Some(cfg) if cfg.enabled => Some(Arc::new(AccessLog::open(cfg).map_err(|source| {
@@ -225,11 +289,16 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         .runtime
         .drain_timeout
         .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get());
+    let discovery_timeout = config
+        .runtime
+        .discovery_timeout
+        .map_or(DEFAULT_DISCOVERY_TIMEOUT, |d| d.get());
     let admin = Arc::new(AdminState {
         registry: metrics.registry.clone(),
         config: Arc::new(config),
         clusters: cluster_list,
         ready: Default::default(),
+        draining: Default::default(),
         shutdown: Notify::new(),
     });
     Ok(Bound {
@@ -238,6 +307,9 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         admin,
         listeners,
         drain_timeout,
+        discovery_timeout,
+        discovered,
+        resolver,
     })
 }
 

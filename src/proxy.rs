@@ -95,7 +95,7 @@ pub async fn handle(
     };
     ex.target = Some(target.clone());
     let cluster = &target.cluster;
-    let Some(endpoint) = cluster.pick() else {
+    let Some(endpoint) = cluster.pick(req.headers()) else {
         let what = format!("cluster {} has no healthy endpoint", cluster.name);
         return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));
     };
@@ -130,6 +130,7 @@ pub async fn handle(
         }
     }
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, ex.bytes_in.clone()));
+    let sent_at = Instant::now();
     let sent = endpoint.pool.send(proto, upstream_req);
     let result = match ex.deadline {
         Some(d) => match tokio::time::timeout_at(d, sent).await {
@@ -164,6 +165,7 @@ pub async fn handle(
             return ex.fail(ProxyError::new(kind, e.to_string()));
         }
     };
+    endpoint.record_latency(sent_at.elapsed());
     if resp.status().is_server_error() {
         cluster.metrics.failure.inc();
         endpoint.record_failure();

@@ -22,8 +22,10 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     pub config: Arc<Config>,
     pub clusters: Vec<Arc<Cluster>>,
-    /// True once listeners serve; false again while draining.
+    /// True once listeners serve and every cluster has had its first discovery answer.
     pub ready: AtomicBool,
+    /// True from the shutdown signal on: readiness fails so peers stop sending.
+    pub draining: AtomicBool,
     /// Notified by `POST /shutdown`.
     pub shutdown: Notify,
 }
@@ -68,10 +70,12 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Acquire) {
+            if state.draining.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting: waiting for discovery\n")
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),

@@ -1,135 +1,160 @@
 //! Clusters: a named set of endpoints, how to reach them, how to choose one.
 //!
-//! The endpoint set sits behind an `ArcSwap` so discovery can replace it
-//! while requests in flight keep the endpoints they picked.
+//! The endpoint set sits behind an `ArcSwap`: discovery replaces it whole
+//! while requests in flight keep the endpoints they picked. An endpoint that
+//! stays across a change keeps its connection pool and load figures; one that
+//! leaves is retired — its connections finish what they carry, then close.
 
 pub mod balance;
+pub mod discovery;
+pub mod endpoint;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderName;
 use serde::Serialize;
 
-use crate::config;
+use crate::config::{self, LbPolicy};
 use crate::metrics::{ClusterMetrics, Metrics};
-use crate::upstream::{Pool, PoolConfig};
-use balance::RoundRobin;
+use crate::upstream::PoolConfig;
+use balance::Balancer;
+pub use endpoint::{Endpoint, EwmaSettings, InFlight};
 
 pub use crate::config::UpstreamProtocol;
 
-/// One upstream address with its pool and live statistics.
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub pool: Pool,
-    in_flight: AtomicUsize,
-    requests: AtomicU64,
-    failures: AtomicU64,
-}
-
-impl Endpoint {
-    pub fn new(addr: SocketAddr, weight: u32, pool: PoolConfig) -> Self {
-        Endpoint {
-            addr,
-            weight,
-            pool: Pool::new(addr, pool),
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-        }
-    }
-
-    /// Count a request as in flight on this endpoint until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A request in flight on an endpoint.
-pub struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 struct EndpointSet {
     endpoints: Vec<Arc<Endpoint>>,
-    balancer: RoundRobin,
-}
-
-impl EndpointSet {
-    fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        EndpointSet {
-            balancer: RoundRobin::new(&weights),
-            endpoints,
-        }
-    }
+    balancer: Balancer,
 }
 
 /// A named group of endpoints serving the same thing.
 pub struct Cluster {
     pub name: Arc<str>,
     pub protocol: UpstreamProtocol,
+    pub policy: LbPolicy,
+    /// ring_hash: the request header whose value is hashed.
+    pub hash_header: Option<HeaderName>,
     pub metrics: ClusterMetrics,
+    pool: PoolConfig,
+    ewma: EwmaSettings,
     endpoints: ArcSwap<EndpointSet>,
+    /// Set once discovery has answered (at once for static endpoints).
+    discovered: AtomicBool,
 }
 
 impl Cluster {
-    /// Build a cluster from its validated config. Endpoint addresses were
-    /// checked by validation; one that fails to parse here is skipped.
+    /// Build a cluster from its validated config. Static endpoints are set
+    /// here; a `dns:` cluster starts empty until [`discovery`] answers.
     pub fn from_config(c: &config::Cluster, metrics: &Metrics) -> Self {
         let pool = PoolConfig {
             connect_timeout: c.connect_timeout.get(),
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint,
         };
-        let endpoints = c
-            .endpoints
-            .iter()
-            .flatten()
-            .filter_map(|e| {
-                let addr = e.address().parse().ok()?;
-                Some(Arc::new(Endpoint::new(addr, e.weight(), pool.clone())))
-            })
-            .collect();
-        Cluster {
+        let ewma = c.peak_ewma.as_ref().map_or_else(EwmaSettings::default, |p| EwmaSettings {
+            default_rtt: p.default_rtt.get(),
+            decay: p.decay.get(),
+        });
+        let cluster = Cluster {
             name: c.name.as_str().into(),
             protocol: c.protocol,
+            policy: c.lb,
+            hash_header: c
+                .hash_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
             metrics: metrics.cluster(&c.name),
-            endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints)),
+            pool,
+            ewma,
+            endpoints: ArcSwap::from_pointee(EndpointSet {
+                endpoints: Vec::new(),
+                balancer: Balancer::new(c.lb, &[]),
+            }),
+            discovered: AtomicBool::new(false),
+        };
+        if let Some(list) = &c.endpoints {
+            // Addresses were checked by validation; one that fails here is skipped.
+            let set = list
+                .iter()
+                .filter_map(|e| Some((e.address().parse().ok()?, e.weight())))
+                .collect();
+            cluster.set_endpoints(set);
         }
+        cluster
     }
 
-    /// The next endpoint by the cluster's balancing policy.
-    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// The endpoint for a request, by the cluster's balancing policy.
+    pub fn pick(&self, headers: &http::HeaderMap) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
-        let i = set.balancer.pick()?;
+        let hash = self
+            .hash_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| balance::hash_key(v.as_bytes()));
+        let i = set.balancer.pick(&set.endpoints, hash)?;
         set.endpoints.get(i).cloned()
+    }
+
+    /// Replace the endpoint set (from discovery or config). Endpoints whose
+    /// address stays keep their pools; the others are retired.
+    pub fn set_endpoints(&self, mut next: Vec<(SocketAddr, u32)>) {
+        next.sort_unstable();
+        next.dedup_by_key(|(a, _)| *a);
+        let current = self.endpoints.load();
+        let mut old: HashMap<SocketAddr, &Arc<Endpoint>> =
+            current.endpoints.iter().map(|e| (e.addr, e)).collect();
+        let endpoints: Vec<Arc<Endpoint>> = next
+            .iter()
+            .map(|(addr, weight)| match old.remove(addr) {
+                Some(e) => {
+                    e.set_weight(*weight);
+                    e.clone()
+                }
+                None => Arc::new(Endpoint::new(*addr, *weight, self.pool.clone(), &self.ewma)),
+            })
+            .collect();
+        let changed = !old.is_empty() || endpoints.len() != current.endpoints.len();
+        for gone in old.values() {
+            gone.pool.retire();
+        }
+        self.metrics.endpoints_healthy.set(endpoints.len() as i64);
+        let balancer = Balancer::new(self.policy, &endpoints);
+        self.endpoints.store(Arc::new(EndpointSet {
+            endpoints,
+            balancer,
+        }));
+        if changed {
+            tracing::info!(
+                cluster = %self.name,
+                endpoints = ?next.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+                "endpoints changed"
+            );
+        }
+        self.discovered.store(true, Ordering::Release);
+    }
+
+    /// Discovery has answered at least once.
+    pub fn is_discovered(&self) -> bool {
+        self.discovered.load(Ordering::Acquire)
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.load().endpoints.len()
     }
 
     /// The `/clusters` view of this cluster.
     pub fn status(&self) -> ClusterStatus {
         let set = self.endpoints.load();
+        let now = tokio::time::Instant::now();
         ClusterStatus {
             name: self.name.to_string(),
             protocol: self.protocol,
+            lb: self.policy,
+            discovered: self.is_discovered(),
             endpoints: set
                 .endpoints
                 .iter()
@@ -137,11 +162,12 @@ impl Cluster {
                     let (h2, h1_idle) = e.pool.connection_counts();
                     EndpointStatus {
                         address: e.addr.to_string(),
-                        weight: e.weight,
+                        weight: e.weight(),
                         health: "healthy",
-                        in_flight: e.in_flight.load(Ordering::Relaxed),
-                        requests_total: e.requests.load(Ordering::Relaxed),
-                        failures_total: e.failures.load(Ordering::Relaxed),
+                        in_flight: e.in_flight(),
+                        latency_ms: (e.latency.estimate(now) / 1e4).round() / 100.0,
+                        requests_total: e.requests(),
+                        failures_total: e.failures(),
                         http2_connections: h2,
                         http1_idle_connections: h1_idle,
                     }
@@ -155,6 +181,9 @@ impl Cluster {
 pub struct ClusterStatus {
     pub name: String,
     pub protocol: UpstreamProtocol,
+    pub lb: LbPolicy,
+    /// False until discovery's first answer.
+    pub discovered: bool,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -164,6 +193,8 @@ pub struct EndpointStatus {
     pub weight: u32,
     pub health: &'static str,
     pub in_flight: usize,
+    /// The peak EWMA latency estimate, in milliseconds.
+    pub latency_ms: f64,
     pub requests_total: u64,
     pub failures_total: u64,
     pub http2_connections: usize,

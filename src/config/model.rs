@@ -51,6 +51,10 @@ pub struct Runtime {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default)]
     pub drain_timeout: Option<Dur>,
+    /// How long `/ready` waits for every cluster's first discovery answer
+    /// before reporting ready anyway (with the empty clusters logged). Default 10s.
+    #[serde(default)]
+    pub discovery_timeout: Option<Dur>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -288,9 +292,12 @@ pub struct Cluster {
     pub connect_timeout: Dur,
     #[serde(default)]
     pub lb: LbPolicy,
-    /// ring_hash only. Not supported yet.
+    /// ring_hash only: the request header whose value is hashed.
     #[serde(default)]
     pub hash_header: Option<String>,
+    /// peak_ewma only: how the latency estimate moves.
+    #[serde(default)]
+    pub peak_ewma: Option<PeakEwmaConfig>,
     /// Static endpoints: `"ip:port"` or `{address, weight}`.
     #[serde(default)]
     pub endpoints: Option<Vec<EndpointSpec>>,
@@ -312,6 +319,17 @@ pub struct Cluster {
     /// Upstream connection pool settings; defaults when absent.
     #[serde(default)]
     pub pool: PoolSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeakEwmaConfig {
+    /// Time for the estimate to fall to 1/e without new samples. Default 10s.
+    #[serde(default = "default_ewma_decay")]
+    pub decay: Dur,
+    /// The estimate of an endpoint with no samples yet. Default 30ms.
+    #[serde(default = "default_ewma_rtt")]
+    pub default_rtt: Dur,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -360,6 +378,9 @@ impl EndpointSpec {
     }
 }
 
+/// Endpoints from DNS: A/AAAA records of `name` with `port`, or SRV records
+/// of `srv` (ports and weights from the records). With `srv` and `name` +
+/// `port` both given, A/AAAA of `name` is the fallback when SRV has no answer.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsDiscovery {
@@ -367,6 +388,7 @@ pub struct DnsDiscovery {
     pub name: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
+    /// Re-resolve at least this often; a shorter record TTL refreshes sooner. Default 5s.
     #[serde(default)]
     pub refresh: Option<Dur>,
     #[serde(default)]
@@ -513,6 +535,12 @@ fn default_header_read_timeout() -> Dur {
 }
 fn default_keepalive_interval() -> Dur {
     Dur::from_secs(30)
+}
+fn default_ewma_decay() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_ewma_rtt() -> Dur {
+    Dur::from_millis(30)
 }
 fn default_pool_idle_timeout() -> Dur {
     Dur::from_secs(60)

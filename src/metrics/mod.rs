@@ -28,6 +28,8 @@ pub struct Metrics {
     upstream_attempts: IntCounterVec,
     connections_active: IntGaugeVec,
     proxy_errors: IntCounterVec,
+    endpoints: IntGaugeVec,
+    dns_resolutions: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +68,16 @@ impl Metrics {
             ),
             &["listener", "kind"],
         )?;
+        let endpoints = IntGaugeVec::new(
+            Opts::new("skiff_endpoints", "Endpoints of a cluster, by state."),
+            &["cluster", "state"],
+        )?;
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new("skiff_dns_resolutions_total", "DNS lookups of dns: clusters, by result."),
+            &["cluster", "result"],
+        )?;
+        registry.register(Box::new(endpoints.clone()))?;
+        registry.register(Box::new(dns_resolutions.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_attempts.clone()))?;
@@ -78,6 +90,8 @@ impl Metrics {
             upstream_attempts,
             connections_active,
             proxy_errors,
+            endpoints,
+            dns_resolutions,
         })
     }
 
@@ -119,6 +133,12 @@ impl Metrics {
             timeout: a("timeout"),
             reset: a("reset"),
             connect_failure: a("connect_failure"),
+            endpoints_healthy: self.endpoints.with_label_values(&[cluster, "healthy"]),
+            endpoints_unhealthy: self.endpoints.with_label_values(&[cluster, "unhealthy"]),
+            endpoints_ejected: self.endpoints.with_label_values(&[cluster, "ejected"]),
+            dns_success: self.dns_resolutions.with_label_values(&[cluster, "success"]),
+            dns_failure: self.dns_resolutions.with_label_values(&[cluster, "failure"]),
+            dns_empty: self.dns_resolutions.with_label_values(&[cluster, "empty"]),
         }
     }
 }
@@ -177,6 +197,12 @@ pub struct ClusterMetrics {
     pub timeout: IntCounter,
     pub reset: IntCounter,
     pub connect_failure: IntCounter,
+    pub endpoints_healthy: IntGauge,
+    pub endpoints_unhealthy: IntGauge,
+    pub endpoints_ejected: IntGauge,
+    pub dns_success: IntCounter,
+    pub dns_failure: IntCounter,
+    pub dns_empty: IntCounter,
 }
 
 #[cfg(test)]

@@ -90,8 +90,9 @@ impl Pool {
         }
         // The task must not keep a removed endpoint's pool alive.
         let idle = std::sync::Arc::downgrade(&self.h1);
+        let retired = self.retired.clone();
         tokio::spawn(async move {
-            if sender.ready().await.is_err() {
+            if sender.ready().await.is_err() || retired.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
             if let Some(idle) = idle.upgrade() {

@@ -24,6 +24,9 @@ struct H2Conn {
     sender: ::h2::client::SendRequest<Bytes>,
     active: AtomicUsize,
     closed: AtomicBool,
+    /// The endpoint left the cluster: close as soon as no stream is open.
+    retired: AtomicBool,
+    wake: tokio::sync::Notify,
     last_used: Mutex<Instant>,
 }
 
@@ -32,7 +35,10 @@ struct StreamSlot(Arc<H2Conn>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        let before = self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 && self.0.retired.load(Ordering::Acquire) {
+            self.0.wake.notify_one();
+        }
     }
 }
 
@@ -70,6 +76,18 @@ impl H2Pool {
         None
     }
 
+    /// Take every connection out of rotation; each closes once its open streams end.
+    pub(super) fn retire(&self) {
+        let conns = match self.conns.lock() {
+            Ok(mut c) => std::mem::take(&mut *c),
+            Err(_) => return,
+        };
+        for c in conns {
+            c.retired.store(true, Ordering::Release);
+            c.wake.notify_one();
+        }
+    }
+
     fn remove(&self, conn: &Arc<H2Conn>) {
         conn.closed.store(true, Ordering::Release);
         if let Ok(mut conns) = self.conns.lock() {
@@ -103,6 +121,8 @@ impl Pool {
             sender,
             active: AtomicUsize::new(1),
             closed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             last_used: Mutex::new(Instant::now()),
         });
         if let Ok(mut conns) = self.h2.conns.lock() {
@@ -281,15 +301,21 @@ async fn drive<T>(
                 }
                 break;
             }
-            _ = tokio::time::sleep(check) => {
+            _ = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(check) => {}
+                    _ = conn.wake.notified() => {}
+                }
+            } => {
                 let last = conn.last_used.lock().map(|t| *t).unwrap_or_else(|_| Instant::now());
-                if last.elapsed() >= idle
+                let done = conn.retired.load(Ordering::Acquire) || last.elapsed() >= idle;
+                if done
                     && conn
                         .active
                         .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    tracing::debug!(%addr, "closing idle upstream HTTP/2 connection");
+                    tracing::debug!(%addr, "closing idle or retired upstream HTTP/2 connection");
                     break;
                 }
             }

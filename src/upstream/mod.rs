@@ -54,6 +54,8 @@ pub struct Pool {
     config: PoolConfig,
     h2: h2::H2Pool,
     h1: Arc<Mutex<Vec<h1::Idle>>>,
+    /// Set when the endpoint leaves its cluster: nothing goes back to the pool.
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pool {
@@ -63,11 +65,22 @@ impl Pool {
             config,
             h2: h2::H2Pool::default(),
             h1: Arc::new(Mutex::new(Vec::new())),
+            retired: Default::default(),
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The endpoint left its cluster: close idle connections now and the
+    /// others once the requests on them end.
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Release);
+        self.h2.retire();
+        if let Ok(mut idle) = self.h1.lock() {
+            idle.clear();
+        }
     }
 
     /// Open connections: (HTTP/2, idle HTTP/1.1).
