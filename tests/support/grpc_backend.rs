@@ -390,3 +390,13 @@ pub fn status_of<T: std::fmt::Debug>(result: Result<T, Status>) -> anyhow::Resul
         Err(s) => Ok(s),
     }
 }
+
+/// `req` as one length-prefixed gRPC message, for raw HTTP/2 requests.
+pub fn grpc_frame(req: &EchoRequest) -> Bytes {
+    let msg = prost::Message::encode_to_vec(req);
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}

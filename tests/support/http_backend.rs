@@ -10,7 +10,8 @@
 //!
 //! Query parameters for every path: `status=N` (answer with it), `delay_ms=N`
 //! (wait before the head), `trailer=name:value` (repeatable; add trailers),
-//! `chunk=N` (frame size for `bytes`, default 64 KiB).
+//! `chunk=N` (frame size for `bytes`, default 64 KiB), `header=name:value`
+//! (repeatable; add response headers).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -224,6 +225,13 @@ async fn handle(
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
+    for (_, v) in q.iter().filter(|(k, _)| k == "header") {
+        if let Some((name, value)) = v.split_once(':') {
+            if let (Ok(n), Ok(v)) = (name.parse::<HeaderName>(), HeaderValue::from_str(value)) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+    }
     resp.headers_mut().insert(
         "x-backend-version",
         HeaderValue::from_str(&format!("{:?}", record.version))

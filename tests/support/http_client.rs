@@ -218,3 +218,12 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn lossy(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A gRPC request for `path` carrying one empty message, as any gRPC client
+/// sends it, for checking the raw HTTP/2 shape of answers.
+pub fn grpc_request(c: &HttpClient, path: &str) -> anyhow::Result<Request<TestBody>> {
+    Ok(c.request("POST", path)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(body::full(Bytes::from_static(&[0, 0, 0, 0, 0])))?)
+}

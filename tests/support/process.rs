@@ -210,8 +210,9 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// From JSON log lines: the admin address and each listener's address.
 ///
 /// A line counts when it carries an `address` field (top level or under
-/// `fields`, as tracing's JSON format nests them); with a `listener` field it
-/// names that listener, otherwise a mention of "admin" makes it the admin's.
+/// `fields`, as tracing's JSON format nests them). A message that mentions
+/// "admin" makes it the admin server's; otherwise its `listener` field names
+/// the listener.
 pub fn bound_addresses(lines: &[String]) -> (Option<SocketAddr>, HashMap<String, SocketAddr>) {
     let mut admin = None;
     let mut listeners = HashMap::new();
@@ -229,11 +230,12 @@ pub fn bound_addresses(lines: &[String]) -> (Option<SocketAddr>, HashMap<String,
         let Some(addr) = field("address").and_then(|a| a.parse::<SocketAddr>().ok()) else {
             continue;
         };
+        let message = field("message").unwrap_or_default().to_ascii_lowercase();
         match field("listener") {
+            _ if message.contains("admin") => admin = Some(addr),
             Some(name) => {
                 listeners.insert(name, addr);
             }
-            None if line.to_ascii_lowercase().contains("admin") => admin = Some(addr),
             None => {}
         }
     }
