@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::anyhow;
+use support::dns::DnsServer;
 use support::faults::{closed_port, Fault, FaultBackend};
 use support::grpc_backend::{echo_client, grpc_frame, status_of, EchoRequest, GrpcBackend};
 use support::http_backend::HttpBackend;
@@ -214,6 +215,64 @@ async fn close_on_accept_is_502_or_unavailable() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_is_503_or_unavailable() -> anyhow::Result<()> {
+    // Two DNS clusters: `app.test` resolves to the backend (the control),
+    // `gone.test` does not exist, so its cluster has no endpoint at all.
+    let backend = HttpBackend::start().await?;
+    let dns = DnsServer::start(&[("app.test", Ipv4Addr::LOCALHOST)]).await?;
+    let port = backend.addr().port();
+    let yaml = format!(
+        r#"admin:
+  address: 127.0.0.1:0
+resolver:
+  servers: ["{dns}"]
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{ prefix: "/gone/" }}
+            cluster: gone
+          - match: {{ prefix: "/skiff.test.Echo/" }}
+            cluster: gone
+          - match: {{ prefix: "/" }}
+            cluster: app
+clusters:
+  - name: app
+    protocol: http1
+    dns: {{ name: app.test, port: {port}, refresh: 1s }}
+  - name: gone
+    protocol: http2
+    dns: {{ name: gone.test, port: 80, refresh: 1s }}
+"#,
+        dns = dns.addr()
+    );
+    let proxy = Proxy::start(&yaml).await?;
+    support::eventually(Duration::from_secs(15), || async {
+        let (status, body) = proxy.admin_get("/ready").await?;
+        anyhow::ensure!(status == 200, "not ready: {body}");
+        Ok(())
+    })
+    .await?;
+    let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
+    let (parts, body) = c.get("/app").await?;
+    assert_eq!(
+        parts.status,
+        200,
+        "the control cluster must work: {}",
+        body.text()
+    );
+
+    for down in [Proto::H1, Proto::H2] {
+        expect_http_error(proxy.addr(), down, "/gone/x", 503, "no_healthy_upstream").await?;
+    }
+    expect_grpc_error(proxy.addr(), ECHO_UNARY, 14, "no_healthy_upstream").await?;
     Ok(())
 }
 

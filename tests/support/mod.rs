@@ -1,12 +1,14 @@
 //! The integration-test harness: the proxy started from YAML (in process, or
 //! as the real binary), real backends on 127.0.0.1:0 (HTTP/1.1 + h2c, gRPC,
-//! deliberately broken ones) and external peers (curl, h2load, grpcio).
+//! deliberately broken ones, a tiny DNS server) and external peers (curl,
+//! h2load, grpcio).
 //!
 //! Each suite in `tests/*.rs` includes this with `mod support;` and uses
 //! only part of it, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
+pub mod dns;
 pub mod echo_pb;
 pub mod eventually;
 pub mod faults;
