@@ -7,7 +7,9 @@
 //! this passes.
 
 pub mod duration;
+pub mod env;
 pub mod model;
+pub mod positions;
 
 use std::fmt;
 use std::path::Path;
