@@ -45,7 +45,8 @@ pub struct ListenerState {
     /// Metrics for requests that never reached a cluster (`cluster=""`).
     pub unrouted: Arc<RouteMetrics>,
     pub access_log: Option<Arc<AccessLog>>,
-    /// Largest request head accepted (HTTP/1.1 is held to it by hyper, HTTP/2 here).
+    /// Largest request head accepted; hyper's own limits sit above it so the
+    /// proxy answers 431 itself, with `x-skiff-error`.
     pub max_header_bytes: usize,
 }
 
@@ -58,7 +59,7 @@ pub async fn handle(
     // 1. Name the request.
     let request_id = headers::ensure_request_id(req.headers_mut());
     let mut ex = Exchange::new(state.clone(), client, &req, request_id);
-    if req.version() == Version::HTTP_2 && header_list_size(&req) > state.max_header_bytes {
+    if head_size(&req) > state.max_header_bytes {
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
     }
@@ -340,18 +341,21 @@ impl OnStreamEnd for Completion {
     }
 }
 
-/// HTTP/2's measure of a header list: name + value + 32 per field (RFC 9113 §6.5.2).
-fn header_list_size<B>(req: &Request<B>) -> usize {
+/// The size of a request head: for HTTP/1.1 its bytes on the wire (request
+/// line, `name: value\r\n` per header), for HTTP/2 the header-list size of
+/// RFC 9113 §6.5.2 (name + value + 32 per field, pseudo-headers included).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let h2 = req.version() == Version::HTTP_2;
+    let per_field = if h2 { 32 } else { 4 };
     let uri = req.uri();
-    let pseudo = uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + req.method().as_str().len()
-        + 4 * 32;
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + if h2 { 4 * 32 } else { 12 };
     req.headers()
         .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .map(|(k, v)| k.as_str().len() + v.len() + per_field)
         .sum::<usize>()
-        + pseudo
+        + line
 }
 
 fn round_ms(d: Duration) -> f64 {

@@ -40,14 +40,14 @@ pub fn http_builder(
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(hyper_head_limit(limits.max_header_bytes) as usize)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.initial_stream_window)
         .initial_connection_window_size(limits.initial_connection_window)
-        .max_header_list_size(h2_header_list_limit(limits.max_header_bytes))
+        .max_header_list_size(hyper_head_limit(limits.max_header_bytes))
         .keep_alive_interval(Some(limits.keepalive_interval.get()))
         .keep_alive_timeout(Duration::from_secs(20));
     match protocol {
@@ -57,9 +57,11 @@ pub fn http_builder(
     }
 }
 
-/// h2 refuses a stream (REFUSED_STREAM, which clients retry) past its header
-/// limit; set it above ours so the proxy answers 431 for heads between the two.
-fn h2_header_list_limit(max_header_bytes: usize) -> u32 {
+/// hyper answers an HTTP/1.1 head past its buffer with a bare 431, and h2
+/// refuses an HTTP/2 stream past its header limit (REFUSED_STREAM, which
+/// clients retry). Both sit above the configured limit, so for heads between
+/// the two the proxy answers 431 itself, with `x-skiff-error`.
+fn hyper_head_limit(max_header_bytes: usize) -> u32 {
     u32::try_from(max_header_bytes.saturating_mul(2).saturating_add(16 * 1024)).unwrap_or(u32::MAX)
 }
 
@@ -107,6 +109,15 @@ pub async fn serve(
                 }
             };
             if let Err(e) = result {
+                // hyper answered a request head it could not parse with a bare 400;
+                // count it with the proxy's other bad requests.
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(|e| e.is_parse() || e.is_parse_too_large())
+                {
+                    state
+                        .metrics
+                        .proxy_error(crate::error::ErrorKind::BadRequest);
+                }
                 tracing::debug!(listener = %state.name, %client, error = %e, "connection ended with an error");
             }
             gauge.dec();
