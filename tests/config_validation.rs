@@ -1,0 +1,337 @@
+//! Config validation, one fixture per rule (`tests/fixtures/config/`).
+//!
+//! Each fixture holds exactly one mistake; its test checks that it is the
+//! only error and that the error has the right line:column, YAML path and
+//! words. The examples in `config/` must load as they are.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use skiff::config::{self, ConfigError};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(name)
+}
+
+/// Every error `file` produces; panics if it loads.
+fn errors(name: &str) -> Vec<ConfigError> {
+    match config::load_file(&fixture(name)) {
+        Ok(_) => panic!("{name} should be refused"),
+        Err(e) => e.0,
+    }
+}
+
+/// `file` has exactly one error, at `line:column`, about `path`, saying `words`.
+fn assert_one(name: &str, line: usize, column: usize, path: &str, words: &str) {
+    let errors = errors(name);
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{name}: expected one error, got:\n{}",
+        shown.join("\n")
+    );
+    let e = &errors[0];
+    assert_eq!(
+        (e.line, e.column),
+        (Some(line), Some(column)),
+        "{name}: {e}"
+    );
+    assert_eq!(e.path, path, "{name}: {e}");
+    assert!(
+        e.message.contains(words),
+        "{name}: expected {words:?} in: {e}"
+    );
+    assert!(e.file.ends_with(name), "{name}: {e}");
+}
+
+macro_rules! rule {
+    ($test:ident, $file:literal, $line:literal : $col:literal, $path:literal, $words:literal) => {
+        #[test]
+        fn $test() {
+            assert_one($file, $line, $col, $path, $words);
+        }
+    };
+}
+
+// Parsing: syntax, duplicate and unknown keys, types, environment.
+rule!(syntax_error, "syntax_error.yaml", 10:9, "", "YAML syntax error: did not find expected ',' or ']'");
+rule!(duplicate_key, "duplicate_key.yaml", 16:5, "clusters[0].name", "key `name` is written twice in the same mapping (first on line 14)");
+rule!(unknown_top_level_key, "unknown_top_level_key.yaml", 4:1, "listener", "unknown key `listener` at the top level; did you mean `listeners`?");
+rule!(unknown_key, "unknown_key.yaml", 7:5, "listeners[0].protocl", "unknown key `protocl` in listener; did you mean `protocol`?");
+rule!(missing_section, "missing_section.yaml", 2:1, "", "missing required section `admin`");
+rule!(missing_key, "missing_key.yaml", 8:9, "listeners[0].virtual_hosts[0]", "missing required key `domains` in virtual host");
+rule!(wrong_type, "wrong_type.yaml", 9:18, "listeners[0].virtual_hosts[0].domains", "expected a list, found the number `5`");
+rule!(unknown_enum_value, "unknown_enum_value.yaml", 15:15, "clusters[0].protocol", "unknown value `h2`; expected one of `auto`, `http1`, `http2`");
+rule!(bad_duration, "bad_duration.yaml", 13:22, "listeners[0].virtual_hosts[0].routes[0].timeout", "expected a duration");
+rule!(unset_env_var, "unset_env_var.yaml", 3:12, "", "environment variable `SKIFF_TEST_SURELY_UNSET_VAR` is not set");
+
+// Addresses.
+rule!(admin_address, "admin_address.yaml", 3:12, "admin.address", "expected a string, found the number `15000`");
+rule!(listener_address_hostname, "listener_address_hostname.yaml", 6:14, "listeners[0].address", "`localhost` is not an IP address");
+rule!(duplicate_listener_name, "duplicate_listener_name.yaml", 13:11, "listeners[1].name", "listener name `outbound` is already used (line 5)");
+rule!(overlapping_listeners, "overlapping_listeners.yaml", 14:14, "listeners[1].address", "`0.0.0.0:15001` overlaps listener `outbound` at `127.0.0.1:15001` (line 6)");
+rule!(listener_overlaps_admin, "listener_overlaps_admin.yaml", 6:14, "listeners[0].address", "overlaps the admin server at `127.0.0.1:15000` (line 3)");
+rule!(no_listeners, "no_listeners.yaml", 4:12, "listeners", "at least one listener is needed");
+
+// Virtual hosts.
+rule!(no_virtual_hosts, "no_virtual_hosts.yaml", 7:20, "listeners[0].virtual_hosts", "a listener needs at least one virtual host");
+rule!(duplicate_virtual_host_name, "duplicate_virtual_host_name.yaml", 12:15, "listeners[0].virtual_hosts[1].name", "virtual host name `inventory` is already used (line 8)");
+rule!(empty_domains, "empty_domains.yaml", 9:18, "listeners[0].virtual_hosts[0].domains", "a virtual host needs at least one domain");
+rule!(invalid_domain, "invalid_domain.yaml", 9:32, "listeners[0].virtual_hosts[0].domains[1]", "`inventory.*` is not a valid domain: `*` may only stand alone");
+rule!(duplicate_domain, "duplicate_domain.yaml", 15:13, "listeners[0].virtual_hosts[1].domains[1]", "domain `Inventory` is also listed by virtual host `inventory` (line 9)");
+rule!(empty_routes, "empty_routes.yaml", 10:17, "listeners[0].virtual_hosts[0].routes", "a virtual host needs at least one route");
+
+// Routes.
+rule!(route_without_cluster, "route_without_cluster.yaml", 11:13, "listeners[0].virtual_hosts[0].routes[0]", "a route needs `cluster: <name>` or `weighted_clusters");
+rule!(route_with_both_clusters, "route_with_both_clusters.yaml", 11:13, "listeners[0].virtual_hosts[0].routes[0]", "`cluster` or `weighted_clusters`, not both");
+rule!(unknown_cluster, "unknown_cluster.yaml", 10:53, "listeners[0].virtual_hosts[0].routes[0].cluster", "unknown cluster `inventroy`; did you mean `inventory`?");
+rule!(empty_weighted_clusters, "empty_weighted_clusters.yaml", 11:32, "listeners[0].virtual_hosts[0].routes[0].weighted_clusters", "needs at least one");
+rule!(zero_weight, "zero_weight.yaml", 13:47, "listeners[0].virtual_hosts[0].routes[0].weighted_clusters[1].weight", "`weight` must be greater than 0");
+rule!(prefix_and_path, "prefix_and_path.yaml", 12:15, "listeners[0].virtual_hosts[0].routes[0].match", "`prefix` or `path` (exact), not both");
+rule!(prefix_without_slash, "prefix_without_slash.yaml", 11:30, "listeners[0].virtual_hosts[0].routes[0].match.prefix", "`prefix` must start with `/`");
+rule!(header_match_both, "header_match_both.yaml", 13:19, "listeners[0].virtual_hosts[0].routes[0].match.headers[0]", "`exact` or `present`, not both");
+rule!(header_match_neither, "header_match_neither.yaml", 11:32, "listeners[0].virtual_hosts[0].routes[0].match.headers[0]", "needs `exact: <value>` or `present: true`");
+rule!(header_name_invalid, "header_name_invalid.yaml", 11:40, "listeners[0].virtual_hosts[0].routes[0].match.headers[0].name", "`x canary` is not a valid header name");
+rule!(method_lowercase, "method_lowercase.yaml", 11:43, "listeners[0].virtual_hosts[0].routes[0].match.method", "methods are case-sensitive and clients send `GET`");
+rule!(method_invalid, "method_invalid.yaml", 11:43, "listeners[0].virtual_hosts[0].routes[0].match.method", "`GET/POST` is not an HTTP method");
+rule!(zero_timeout, "zero_timeout.yaml", 13:22, "listeners[0].virtual_hosts[0].routes[0].timeout", "`timeout` must be greater than 0");
+
+// Clusters.
+rule!(duplicate_cluster_name, "duplicate_cluster_name.yaml", 16:11, "clusters[1].name", "cluster name `inventory` is already used (line 14)");
+rule!(cluster_without_endpoints, "cluster_without_endpoints.yaml", 14:5, "clusters[0]", "a cluster needs `endpoints`");
+rule!(empty_endpoints, "empty_endpoints.yaml", 15:16, "clusters[0].endpoints", "`endpoints` must list at least one ip:port");
+rule!(endpoint_hostname, "endpoint_hostname.yaml", 17:20, "clusters[0].endpoints[1].address", "to reach a hostname, use `dns:` instead of `endpoints:`");
+rule!(endpoint_weight, "endpoint_weight.yaml", 16:46, "clusters[0].endpoints[0].weight", "endpoint `weight` must be from 1 to 10000");
+rule!(endpoint_unknown_key, "endpoint_unknown_key.yaml", 17:9, "clusters[0].endpoints[0].wieght", "unknown key `wieght` in endpoint; did you mean `weight`?");
+rule!(endpoint_wrong_form, "endpoint_wrong_form.yaml", 15:35, "clusters[0].endpoints[1]", "an endpoint is an \"ip:port\" string or a mapping");
+rule!(endpoints_and_dns, "endpoints_and_dns.yaml", 14:5, "clusters[0]", "from `endpoints` or from `dns`, not both");
+rule!(dns_without_port, "dns_without_port.yaml", 16:7, "clusters[0].dns", "`dns` with `name` needs `port` too");
+rule!(dns_bad_name, "dns_bad_name.yaml", 15:18, "clusters[0].dns.name", "`inventory shop` is not a DNS name");
+rule!(dns_zero_refresh, "dns_zero_refresh.yaml", 15:71, "clusters[0].dns.refresh", "`refresh` must be greater than 0");
+rule!(resolver_server, "resolver_server.yaml", 5:31, "resolver.servers[1]", "`dns.google` is not an ip:port address");
+rule!(ring_hash_without_header, "ring_hash_without_header.yaml", 15:9, "clusters[0].lb", "`lb: ring_hash` needs `hash_header`");
+rule!(hash_header_without_ring_hash, "hash_header_without_ring_hash.yaml", 16:5, "clusters[0].hash_header", "`hash_header` applies only to `lb: ring_hash`");
+rule!(peak_ewma_without_policy, "peak_ewma_without_policy.yaml", 16:5, "clusters[0].peak_ewma", "`peak_ewma` applies only to `lb: peak_ewma`");
+rule!(zero_connect_timeout, "zero_connect_timeout.yaml", 15:22, "clusters[0].connect_timeout", "`connect_timeout` must be greater than 0");
+
+// Limits and process settings.
+rule!(max_header_bytes, "max_header_bytes.yaml", 8:25, "listeners[0].limits.max_header_bytes", "`max_header_bytes` must be at least 1024");
+rule!(window_out_of_bounds, "window_out_of_bounds.yaml", 7:38, "listeners[0].limits.initial_stream_window", "must be from 65535 to 2147483647 bytes");
+rule!(zero_streams, "zero_streams.yaml", 8:31, "listeners[0].limits.max_concurrent_streams", "`max_concurrent_streams` must be at least 1");
+rule!(empty_access_log_path, "empty_access_log_path.yaml", 5:9, "access_log.path", "`path` cannot be empty");
+rule!(zero_worker_threads, "zero_worker_threads.yaml", 5:19, "runtime.worker_threads", "`worker_threads` must be at least 1");
+
+#[test]
+fn keys_of_later_features_are_refused_each_at_its_key() {
+    let got: Vec<(usize, usize, String)> = errors("not_supported_yet.yaml")
+        .into_iter()
+        .inspect(|e| assert!(e.message.contains("is not supported yet"), "{e}"))
+        .map(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0), e.path))
+        .collect();
+    let l = "listeners[0]";
+    let r = "listeners[0].virtual_hosts[0].routes[0]";
+    let c = "clusters[0]";
+    let want: Vec<(usize, usize, String)> = [
+        (4, 1, "tls".to_string()),
+        (11, 5, format!("{l}.transparent")),
+        (12, 5, format!("{l}.passthrough")),
+        (13, 5, format!("{l}.opaque_ports")),
+        (14, 5, format!("{l}.tls")),
+        (15, 5, format!("{l}.authorization")),
+        (17, 5, format!("{l}.jwt")),
+        (18, 5, format!("{l}.rate_limit")),
+        (25, 13, format!("{r}.retry")),
+        (26, 13, format!("{r}.jwt")),
+        (30, 5, format!("{c}.health_check")),
+        (31, 5, format!("{c}.outlier_detection")),
+        (32, 5, format!("{c}.circuit_breaker")),
+        (33, 5, format!("{c}.tls")),
+    ]
+    .into();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn off_values_of_later_features_and_every_supported_form_are_accepted() {
+    let config = config::load_file(&fixture("explicit_defaults.yaml")).unwrap();
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.clusters.len(), 3);
+    assert_eq!(config.runtime.worker_threads, Some(2));
+}
+
+#[test]
+fn every_error_in_a_file_is_reported_in_file_order() {
+    let errors = errors("many_errors.yaml");
+    let got: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            let file = e.file.rsplit('/').next().unwrap_or(&e.file);
+            ConfigError {
+                file: file.to_string(),
+                ..e.clone()
+            }
+            .to_string()
+        })
+        .collect();
+    let want = [
+        "many_errors.yaml:4:3: admin.port: unknown key `port` in `admin`; the only key here is `address`",
+        "many_errors.yaml:13:22: listeners[0].virtual_hosts[0].routes[0].cluster: unknown cluster `inventroy`; did you mean `inventory`?",
+        "many_errors.yaml:14:22: listeners[0].virtual_hosts[0].routes[0].timeout: expected a duration: a number and a unit (us, ms, s, m, h), like \"250ms\" or \"2s\", found the number `2`",
+        "many_errors.yaml:16:14: listeners[1].address: `0.0.0.0:15001` overlaps listener `outbound` at `127.0.0.1:15001` (line 7): both would bind port 15001",
+        "many_errors.yaml:17:15: listeners[1].protocol: unknown value `h3`; expected one of `auto`, `http1`, `http2`",
+        "many_errors.yaml:25:17: clusters[0].endpoints[0]: `inventory:50051` is not an ip:port address: `inventory` is not an IP address; to reach a hostname, use `dns:` instead of `endpoints:`",
+        "many_errors.yaml:27:16: clusters[1].endpoints: `endpoints` must list at least one ip:port",
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn an_error_inside_a_listener_does_not_hide_the_next_one() {
+    let text = "\
+admin: { address: 127.0.0.1:15000 }
+listeners:
+  - name: a
+    address: 127.0.0.1:15001
+    bogus: 1
+    virtual_hosts:
+      - name: v
+        domains: [a, 7, \"b*\"]
+        routes:
+          - cluster: c
+            timeout: fast
+          - cluster: d
+clusters: [{ name: c, endpoints: [\"10.0.0.1:80\"] }]
+";
+    let errors = config::load_str_with_env(text, "inline.yaml", &|_| None)
+        .unwrap_err()
+        .0;
+    let got: Vec<(usize, usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0), e.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (5, 5, "listeners[0].bogus"),
+            (8, 22, "listeners[0].virtual_hosts[0].domains[1]"),
+            (8, 25, "listeners[0].virtual_hosts[0].domains[2]"),
+            (11, 22, "listeners[0].virtual_hosts[0].routes[0].timeout"),
+            (12, 22, "listeners[0].virtual_hosts[0].routes[1].cluster"),
+        ],
+        "{}",
+        skiff::config::ConfigErrors(errors.clone())
+    );
+}
+
+fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| vars.get(name).cloned()
+}
+
+const ENV_CONFIG: &str = "\
+# ${NOT_EXPANDED_IN_COMMENTS}
+admin:
+  address: ${ADMIN_IP:-127.0.0.1}:15000
+listeners:
+  - name: inbound
+    address: ${POD_IP}:15006
+    virtual_hosts:
+      - name: local
+        domains: [\"*\"]
+        routes: [{ cluster: local_app }]
+clusters:
+  - name: local_app
+    endpoints: [{ address: \"${APP_IP}:8080\", weight: ${APP_WEIGHT:-1} }]
+";
+
+#[test]
+fn environment_variables_are_expanded_before_parsing() {
+    let env = env_of(&[("POD_IP", "10.1.2.3"), ("APP_IP", "127.0.0.1")]);
+    let config = config::load_str_with_env(ENV_CONFIG, "env.yaml", &env).unwrap();
+    assert_eq!(config.admin.address, "127.0.0.1:15000");
+    assert_eq!(config.listeners[0].address, "10.1.2.3:15006");
+    let endpoint = &config.clusters[0].endpoints.as_ref().unwrap()[0];
+    assert_eq!(
+        (endpoint.address(), endpoint.weight()),
+        ("127.0.0.1:8080", 1)
+    );
+}
+
+#[test]
+fn unset_variables_are_all_reported_at_their_place() {
+    let errors = config::load_str_with_env(ENV_CONFIG, "env.yaml", &env_of(&[]))
+        .unwrap_err()
+        .0;
+    let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got[0].starts_with("env.yaml:6:14: environment variable `POD_IP` is not set"));
+    assert!(got[1].starts_with("env.yaml:13:29: environment variable `APP_IP` is not set"));
+}
+
+#[test]
+fn positions_after_an_expansion_point_into_the_text_as_written() {
+    // `weight: 0` comes after `${APP_IP}`, which expands to a longer value.
+    let env = env_of(&[
+        ("POD_IP", "10.1.2.3"),
+        ("APP_IP", "192.168.100.200"),
+        ("APP_WEIGHT", "0"),
+    ]);
+    let errors = config::load_str_with_env(ENV_CONFIG, "env.yaml", &env)
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(e.path, "clusters[0].endpoints[0].weight");
+    assert_eq!((e.line, e.column), (Some(13), Some(54)), "{e}");
+}
+
+#[test]
+fn the_example_configs_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            // The examples use only `${VAR:-default}`, so no variable needs setting.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let result = config::load_str_with_env(&text, &path.display().to_string(), &|_| None);
+            if let Err(e) = result {
+                panic!("{} does not validate:\n{e}", path.display());
+            }
+            config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "expected the examples in {}", dir.display());
+}
+
+#[test]
+fn an_empty_file_says_what_it_needs() {
+    let errors = config::load_str_with_env("# nothing\n", "empty.yaml", &|_| None)
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]
+        .message
+        .contains("needs at least `admin` and `listeners`"));
+}
+
+#[test]
+fn a_missing_file_is_one_error_without_a_position() {
+    let errors = config::load_file(Path::new("/nonexistent/skiff.yaml"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].line, None);
+    assert!(errors[0]
+        .to_string()
+        .starts_with("/nonexistent/skiff.yaml: cannot read the config file"));
+}
