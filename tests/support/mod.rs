@@ -5,6 +5,11 @@
 //!
 //! Each suite in `tests/*.rs` includes this with `mod support;` and uses
 //! only part of it, hence the `dead_code` allowance.
+//!
+//! Peers: `scripts/install-test-peers.sh` installs curl, h2load and grpcio.
+//! A test whose peer is missing prints why and passes; with
+//! `SKIFF_REQUIRE_PEERS=1` (set by `.ci/run`) it fails instead.
+//! `tests/harness.rs` checks these pieces without the proxy.
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
