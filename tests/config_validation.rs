@@ -335,3 +335,42 @@ fn a_missing_file_is_one_error_without_a_position() {
         .to_string()
         .starts_with("/nonexistent/skiff.yaml: cannot read the config file"));
 }
+
+#[test]
+fn anchors_live_under_x_keys_and_merge_keys_apply() {
+    let text = "\
+x-cluster-defaults: &defaults
+  protocol: http2
+  connect_timeout: 250ms
+admin: { address: 127.0.0.1:15000 }
+listeners:
+  - name: l
+    address: 127.0.0.1:15001
+    virtual_hosts: [{ name: v, domains: [\"*\"], routes: [{ cluster: a }] }]
+clusters:
+  - <<: *defaults
+    name: a
+    endpoints: [\"10.0.0.1:80\"]
+  - <<: *defaults
+    name: b
+    protocol: 2
+    endpoints: [\"10.0.0.2:80\"]
+";
+    let errors = config::load_str_with_env(text, "x.yaml", &|_| None)
+        .unwrap_err()
+        .0;
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["x.yaml:15:15: clusters[1].protocol: expected one of `auto`, `http1`, `http2`, found the number `2`"]
+    );
+    let config = config::load_str_with_env(
+        &text.replace("protocol: 2", "protocol: http1"),
+        "x.yaml",
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(config.clusters[0].protocol, config::UpstreamProtocol::Http2);
+    assert_eq!(config.clusters[0].connect_timeout.to_string(), "250ms");
+    assert_eq!(config.clusters[1].protocol, config::UpstreamProtocol::Http1);
+}

@@ -355,6 +355,8 @@ impl Parse<'_> {
                     draft.clusters = self.list(value, "clusters", Some(&mut names));
                     draft.cluster_names = (!self.failed.contains("clusters")).then_some(names);
                 }
+                // Extension keys, as in Compose files: a place for `&anchors`.
+                _ if key.starts_with("x-") => {}
                 _ => {
                     let message = unknown_key(&key, "", TOP_LEVEL_KEYS);
                     self.errors.push(self.at.key(&key, message));
@@ -681,6 +683,22 @@ const DURATION_KEYS: &[&str] = &[
     "default_rtt",
 ];
 
+/// Keys whose values are one of a few words, for when a non-word is given
+/// (serde then names only "an enum").
+const ENUM_KEYS: &[(&str, &[&str])] = &[
+    ("protocol", &["auto", "http1", "http2"]),
+    (
+        "lb",
+        &[
+            "round_robin",
+            "random",
+            "least_request",
+            "peak_ewma",
+            "ring_hash",
+        ],
+    ),
+];
+
 /// serde's words for a value that has the wrong type, in an operator's words.
 /// `path` says where the value is, which tells what it should have been.
 fn humanize(message: &str, path: &str) -> String {
@@ -705,6 +723,8 @@ fn humanize(message: &str, path: &str) -> String {
                 let expected = if expected == "a string" && DURATION_KEYS.contains(&key) {
                     "a duration: a number and a unit (us, ms, s, m, h), like \"250ms\" or \"2s\""
                         .to_string()
+                } else if let Some((_, words)) = ENUM_KEYS.iter().find(|(k, _)| *k == key) {
+                    format!("one of {}", ticked(words.iter().copied()))
                 } else {
                     expected_words(expected)
                 };
@@ -734,9 +754,19 @@ fn found_words(found: &str) -> String {
         "unit value" => "an empty value".into(),
         "map" => "a mapping".into(),
         "sequence" => "a list".into(),
-        f => f
-            .strip_prefix("integer ")
-            .map_or_else(|| f.to_string(), |n| format!("the number {n}")),
+        f => {
+            for (serde, words) in [
+                ("integer ", "the number "),
+                ("floating point ", "the number "),
+                ("string ", "the string "),
+                ("boolean ", ""),
+            ] {
+                if let Some(rest) = f.strip_prefix(serde) {
+                    return format!("{words}{rest}");
+                }
+            }
+            f.to_string()
+        }
     }
 }
 
