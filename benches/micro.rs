@@ -1,0 +1,137 @@
+//! Micro-benchmarks of the pure parts on every request's path, and of
+//! loading a large config.
+//!
+//! Run with `cargo bench --bench micro` (add a filter to run a part, e.g.
+//! `cargo bench --bench micro -- route`).
+//!
+//! - route lookup at 10 / 1,000 / 10,000 routes, two ways: spread over
+//!   virtual hosts of 10 routes (the hash lookup of the host does the work)
+//!   and all in one virtual host (first match wins, so the last route costs
+//!   a scan of all);
+//! - round-robin pick over 10 / 100 / 1,000 endpoints, equal and unequal weights;
+//! - parse + validate of a config with 1,000 clusters and 10,000 routes.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method};
+use skiff::cluster::balance::RoundRobin;
+use skiff::router::{RequestInfo, Router};
+
+/// A config of `vhosts` virtual hosts with `per_vhost` prefix routes each,
+/// over `clusters` clusters.
+fn config_yaml(vhosts: usize, per_vhost: usize, clusters: usize) -> String {
+    let mut y = String::from(
+        "admin: { address: 127.0.0.1:0 }\nlisteners:\n  - name: bench\n    address: 127.0.0.1:0\n    virtual_hosts:\n",
+    );
+    for v in 0..vhosts {
+        y.push_str(&format!(
+            "      - name: vh{v}\n        domains: [\"svc{v}\", \"svc{v}.ns.svc.cluster.local\"]\n        routes:\n"
+        ));
+        for r in 0..per_vhost {
+            y.push_str(&format!(
+                "          - {{ match: {{ prefix: \"/pkg{v}.Service{r}/\" }}, cluster: c{} }}\n",
+                (v * per_vhost + r) % clusters
+            ));
+        }
+    }
+    y.push_str("clusters:\n");
+    for c in 0..clusters {
+        y.push_str(&format!(
+            "  - {{ name: c{c}, protocol: http2, endpoints: [\"127.0.0.1:{}\"] }}\n",
+            10_000 + c % 50_000
+        ));
+    }
+    y
+}
+
+fn router(vhosts: usize, per_vhost: usize) -> Router<()> {
+    let yaml = config_yaml(vhosts, per_vhost, 10);
+    let config = match skiff::config::load_str(&yaml, "bench") {
+        Ok(c) => c,
+        Err(e) => panic!("bench config invalid: {e}"),
+    };
+    match Router::build(&config.listeners[0], |_| Some(())) {
+        Ok(r) => r,
+        Err(e) => panic!("router: {e}"),
+    }
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let headers = HeaderMap::new();
+    let method = Method::POST;
+    let mut group = c.benchmark_group("route");
+    for total in [10usize, 1_000, 10_000] {
+        // Spread: virtual hosts of 10 routes; ask for the last route of the last host.
+        let vhosts = total / 10;
+        let spread = router(vhosts, 10);
+        let authority = format!("svc{}.ns.svc.cluster.local:50051", vhosts - 1);
+        let path = format!("/pkg{}.Service9/Method", vhosts - 1);
+        let req = RequestInfo {
+            authority: &authority,
+            path: &path,
+            method: &method,
+            headers: &headers,
+        };
+        assert!(spread.route(&req).is_some());
+        group.bench_with_input(
+            BenchmarkId::new("spread_over_vhosts", total),
+            &req,
+            |b, req| b.iter(|| black_box(spread.route(black_box(req)).is_some())),
+        );
+        drop(spread);
+
+        // One virtual host: the last route is the worst case of first-match.
+        let one = router(1, total);
+        let path = format!("/pkg0.Service{}/Method", total - 1);
+        let req = RequestInfo {
+            authority: "svc0:50051",
+            path: &path,
+            method: &method,
+            headers: &headers,
+        };
+        assert!(one.route(&req).is_some());
+        group.bench_with_input(BenchmarkId::new("one_vhost_last", total), &req, |b, req| {
+            b.iter(|| black_box(one.route(black_box(req)).is_some()))
+        });
+        let path = "/pkg0.Service0/Method";
+        let req = RequestInfo { path, ..req };
+        group.bench_with_input(
+            BenchmarkId::new("one_vhost_first", total),
+            &req,
+            |b, req| b.iter(|| black_box(one.route(black_box(req)).is_some())),
+        );
+    }
+    group.finish();
+}
+
+fn balance_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("round_robin_pick");
+    for n in [10usize, 100, 1_000] {
+        let equal = RoundRobin::new(&vec![1; n]);
+        group.bench_with_input(BenchmarkId::new("equal_weights", n), &equal, |b, rr| {
+            b.iter(|| black_box(rr.pick()))
+        });
+        let weights: Vec<u32> = (0..n).map(|i| 1 + (i % 5) as u32).collect();
+        let weighted = RoundRobin::new(&weights);
+        group.bench_with_input(
+            BenchmarkId::new("unequal_weights", n),
+            &weighted,
+            |b, rr| b.iter(|| black_box(rr.pick())),
+        );
+    }
+    group.finish();
+}
+
+fn config_load(c: &mut Criterion) {
+    let yaml = config_yaml(1_000, 10, 1_000);
+    let mut group = c.benchmark_group("config");
+    group.sample_size(10);
+    group.bench_function("load_str_1000_clusters_10000_routes", |b| {
+        b.iter(|| black_box(skiff::config::load_str(black_box(&yaml), "bench").is_ok()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, route_lookup, balance_pick, config_load);
+criterion_main!(benches);
