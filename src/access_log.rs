@@ -31,6 +31,8 @@ pub struct Entry<'a> {
     pub bytes_out: u64,
     /// Envoy-style response flag of a proxy-made error or an abnormal end (`-` when none).
     pub flag: &'a str,
+    /// Tries sent upstream (more than 1 when retried; 0 when none was sent).
+    pub attempts: u32,
     pub request_id: &'a str,
 }
 

@@ -23,6 +23,7 @@ use crate::config::{Config, ListenerLimits, ListenerProtocol};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerState, Target};
+use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
 
 /// How long in-flight requests may take after a shutdown signal, unless configured.
@@ -71,6 +72,7 @@ pub struct Bound {
     /// Clusters whose endpoints come from DNS, with their config and the shared resolver.
     discovered: Vec<(Arc<Cluster>, crate::config::Cluster)>,
     resolver: Option<Arc<DnsResolver>>,
+    health_checks: Vec<(Arc<Cluster>, HealthCheck)>,
 }
 
 impl Bound {
@@ -117,6 +119,13 @@ impl Bound {
             for (cluster, cfg) in &self.discovered {
                 discovery::start(cluster.clone(), cfg, resolver, admin_stop_rx.clone());
             }
+        }
+        for (cluster, hc) in &self.health_checks {
+            tokio::spawn(health::run(
+                cluster.clone(),
+                hc.clone(),
+                admin_stop_rx.clone(),
+            ));
         }
         let admin_task = tokio::spawn(admin::serve(
             self.admin_socket,
@@ -211,6 +220,15 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
             DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
         ))
     };
+
+    let health_checks: Vec<(Arc<Cluster>, HealthCheck)> = config
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            let hc = c.health_check.as_ref()?;
+            Some((clusters.get(&c.name)?.clone(), HealthCheck::from_config(hc)))
+        })
+        .collect();
 
     let access_log = match &config.access_log {
         Some(cfg) if cfg.enabled => Some(Arc::new(AccessLog::open(cfg).map_err(|source| {
@@ -310,6 +328,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         discovery_timeout,
         discovered,
         resolver,
+        health_checks,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod resilience;
 pub mod router;
 pub mod runtime;
 pub mod upstream;

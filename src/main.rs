@@ -9,6 +9,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use skiff::config::{self, Config};
 use skiff::router::{RequestInfo, Router};
 
+/// Print a line to stdout; a closed pipe (`skiff validate | head`) is not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cli;
 use cli::{Cli, Command, RouteArgs};
 
@@ -20,7 +28,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => return validate(&a.config),
         Command::Route(a) => route(&a),
         Command::Schema => serde_json::to_string_pretty(&config::json_schema())
-            .map(|s| println!("{s}"))
+            .map(|s| out!("{s}"))
             .context("printing the schema"),
     };
     match result {
@@ -118,7 +126,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 .flat_map(|l| &l.virtual_hosts)
                 .map(|v| v.routes.len())
                 .sum();
-            println!(
+            out!(
                 "{}: valid ({} listeners, {} routes, {} clusters)",
                 path.display(),
                 c.listeners.len(),
@@ -128,9 +136,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            println!("{errors}");
+            out!("{errors}");
             let n = errors.0.len();
-            println!(
+            out!(
                 "{n} error{} in {}",
                 if n == 1 { "" } else { "s" },
                 path.display()
@@ -161,9 +169,12 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
         method: &method,
         headers: &headers,
     };
-    println!(
+    out!(
         "request: {} {}{} {:?}",
-        method, a.authority, a.path, a.headers
+        method,
+        a.authority,
+        a.path,
+        a.headers
     );
     let mut shown = 0;
     for l in &config.listeners {
@@ -178,34 +189,34 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
             .collect();
         let router = Router::build(l, |name| clusters.get(name).copied())
             .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
-        println!("\nlistener {} ({})", l.name, l.address);
+        out!("\nlistener {} ({})", l.name, l.address);
         let e = router.explain(&req);
         let Some((vh, how)) = &e.virtual_host else {
-            println!(
+            out!(
                 "  no virtual host: no domain matches {:?} -> 404 / UNIMPLEMENTED (no_route)",
                 a.authority
             );
             for v in router.virtual_hosts() {
-                println!("    {}: {:?}", v.name, v.domains);
+                out!("    {}: {:?}", v.name, v.domains);
             }
             continue;
         };
-        println!("  virtual host {vh}: {how}");
+        out!("  virtual host {vh}: {how}");
         for (i, (name, res)) in e.routes.iter().enumerate() {
             match res {
-                Err(why) => println!("  route {name}: no match: {why}"),
+                Err(why) => out!("  route {name}: no match: {why}"),
                 Ok(()) => {
                     let Some(vhost) = router.virtual_hosts().iter().find(|v| &v.name == vh) else {
                         continue;
                     };
                     let r = &vhost.routes[i.min(vhost.routes.len().saturating_sub(1))];
-                    println!("  route {name}: MATCH");
-                    println!("    cluster:  {}", r.action.cluster_names().join(", "));
+                    out!("  route {name}: MATCH");
+                    out!("    cluster:  {}", r.action.cluster_names().join(", "));
                     for c in r.action.cluster_names() {
                         if let Some(c) = clusters.get(c) {
                             let eps: Vec<&str> =
                                 c.endpoints.iter().flatten().map(|e| e.address()).collect();
-                            println!(
+                            out!(
                                 "      {}: protocol {}, lb {}, endpoints {:?}",
                                 c.name,
                                 yaml_name(&c.protocol),
@@ -221,21 +232,21 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
                         .and_then(|v| v.routes.get(i));
                     match r.timeout {
                         Some(t) => {
-                            println!("    timeout:  {t:?} (a client grpc-timeout may shorten it)")
+                            out!("    timeout:  {t:?} (a client grpc-timeout may shorten it)")
                         }
-                        None => println!(
-                            "    timeout:  none (only a client grpc-timeout bounds the call)"
-                        ),
+                        None => {
+                            out!("    timeout:  none (only a client grpc-timeout bounds the call)")
+                        }
                     }
                     match rc.and_then(|r| r.retry.as_ref()) {
-                        Some(p) => println!("    retry:    {} attempts on {:?}", p.attempts, p.on),
-                        None => println!("    retry:    none"),
+                        Some(p) => out!("    retry:    {} attempts on {:?}", p.attempts, p.on),
+                        None => out!("    retry:    none"),
                     }
                 }
             }
         }
         if e.matched.is_none() {
-            println!("  no route matched -> 404 / UNIMPLEMENTED (no_route)");
+            out!("  no route matched -> 404 / UNIMPLEMENTED (no_route)");
         }
     }
     if shown == 0 {

@@ -27,6 +27,9 @@ use crate::http::body::{
 };
 use crate::http::{grpc, headers};
 use crate::metrics::{ListenerMetrics, RouteMetrics};
+use crate::resilience::breaker::Permit;
+use crate::resilience::policy::Outcome;
+use crate::resilience::replay::{Replay, DEFAULT_REPLAY_BYTES};
 use crate::router::{RequestInfo, Router};
 use crate::upstream::{Protocol, UpstreamError};
 
@@ -87,7 +90,7 @@ pub async fn handle(
         return ex.fail(ProxyError::new(ErrorKind::NoRoute, what));
     };
 
-    // 3. Cluster and endpoint.
+    // 3. Cluster.
     let Some((_, target)) = route.action.pick() else {
         return ex.fail(ProxyError::new(
             ErrorKind::NoHealthyUpstream,
@@ -95,12 +98,7 @@ pub async fn handle(
         ));
     };
     ex.target = Some(target.clone());
-    let cluster = &target.cluster;
-    let Some(endpoint) = cluster.pick(req.headers()) else {
-        let what = format!("cluster {} has no healthy endpoint", cluster.name);
-        return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));
-    };
-    let in_flight = endpoint.start_request();
+    let cluster = target.cluster.clone();
 
     // 4. Deadline: the route timeout, capped by the client's grpc-timeout.
     let client_deadline = req
@@ -113,71 +111,228 @@ pub async fn handle(
     };
     ex.deadline = budget.map(|b| ex.start + b);
 
-    // 5. Send upstream.
+    // 5. Send upstream, trying again as the route's retry policy allows.
     let proto = match (cluster.protocol, req.version()) {
         (UpstreamProtocol::Http2, _) => Protocol::Http2,
         (UpstreamProtocol::Http1, _) => Protocol::Http1,
         (UpstreamProtocol::Auto, Version::HTTP_2) => Protocol::Http2,
         (UpstreamProtocol::Auto, _) => Protocol::Http1,
     };
+    let policy = route.retry.clone();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(deadline) = ex.deadline {
-        if ex.grpc {
-            let left = deadline.saturating_duration_since(Instant::now());
+    let method = parts.method.clone();
+    let replay_cap = policy
+        .as_ref()
+        .map_or(DEFAULT_REPLAY_BYTES, |p| p.replay_bytes);
+    let replay = Replay::new(body, replay_cap, ex.bytes_in.clone());
+    if let Some(p) = &policy {
+        p.deposit();
+    }
+    let tries = policy.as_ref().map_or(1, |p| p.attempts);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut head = Some(parts);
+    loop {
+        ex.attempts += 1;
+        let attempt = ex.attempts;
+        let Some(permit) = cluster.limits.request() else {
+            cluster.metrics.overflow.inc();
+            let what = format!(
+                "cluster {} has {} requests in flight, its limit",
+                cluster.name, cluster.limits.max_requests
+            );
+            return ex.fail(ProxyError::new(ErrorKind::Overflow, what));
+        };
+        let picked = head
+            .as_ref()
+            .and_then(|h| cluster.pick_avoiding(&h.headers, &tried));
+        let Some(endpoint) = picked else {
+            let what = format!("cluster {} has no healthy endpoint", cluster.name);
+            return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));
+        };
+        tried.push(endpoint.addr);
+        let in_flight = endpoint.start_request();
+
+        // The head is copied only while another try may follow.
+        let parts = if attempt < tries {
+            head.as_ref().map(clone_head)
+        } else {
+            head.take()
+        };
+        let Some(mut parts) = parts else {
+            return ex.fail(ProxyError::new(ErrorKind::BadRequest, "request head lost"));
+        };
+        let try_deadline = match (ex.deadline, policy.as_ref().and_then(|p| p.per_try_timeout)) {
+            (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
+            (d, t) => d.or(t.map(|t| Instant::now() + t)),
+        };
+        if let (Some(d), true) = (try_deadline, ex.grpc) {
+            let left = d.saturating_duration_since(Instant::now());
             parts
                 .headers
                 .insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(left));
         }
-    }
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, ex.bytes_in.clone()));
-    let sent_at = Instant::now();
-    let sent = endpoint.pool.send(proto, upstream_req);
-    let result = match ex.deadline {
-        Some(d) => match tokio::time::timeout_at(d, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.metrics.timeout.inc();
-                endpoint.record_failure();
-                let what = format!("no response within {:?}", budget.unwrap_or_default());
-                return ex
-                    .with_upstream(in_flight)
-                    .fail(ProxyError::new(ErrorKind::Timeout, what));
-            }
-        },
-        None => sent.await,
-    };
-    let ex = ex.with_upstream(in_flight);
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            endpoint.record_failure();
-            let kind = match &e {
-                UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-                    cluster.metrics.connect_failure.inc();
-                    ErrorKind::ConnectFailure
-                }
-                UpstreamError::Reset { .. } => {
-                    cluster.metrics.reset.inc();
-                    ErrorKind::UpstreamReset
-                }
-                UpstreamError::Invalid { .. } => ErrorKind::BadRequest,
-            };
-            return ex.fail(ProxyError::new(kind, e.to_string()));
+        if policy.is_some() {
+            parts
+                .headers
+                .insert(ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
-    };
-    endpoint.record_latency(sent_at.elapsed());
-    if resp.status().is_server_error() {
-        cluster.metrics.failure.inc();
-        endpoint.record_failure();
-    } else {
-        cluster.metrics.success.inc();
-    }
+        let upstream_req = Request::from_parts(parts, RequestBody::Client(replay.next_try()));
+        let sent_at = Instant::now();
+        let sent = endpoint.pool.send(proto, upstream_req);
+        let result = match try_deadline {
+            Some(d) => match tokio::time::timeout_at(d, sent).await {
+                Ok(r) => r.map_err(TryError::Upstream),
+                Err(_) => Err(TryError::Timeout),
+            },
+            None => sent.await.map_err(TryError::Upstream),
+        };
 
-    // 6. Stream the response back, in the client's HTTP version.
-    headers::strip_hop_by_hop(resp.headers_mut());
-    *resp.version_mut() = ex.version;
-    ex.respond(resp, None)
+        // What the try came to.
+        let (outcome, result) = match result {
+            Ok(mut resp) => {
+                endpoint.record_latency(sent_at.elapsed());
+                cluster.median_latency.observe(sent_at.elapsed());
+                let mut grpc_status = grpc::status_of(resp.headers());
+                let hold = policy
+                    .as_ref()
+                    .is_some_and(|p| p.wants_grpc_status() && attempt < tries);
+                if hold && ex.grpc && grpc_status.is_none() && resp.status() == 200 {
+                    grpc_status = peek_grpc_status(&mut resp, try_deadline).await;
+                }
+                (
+                    Outcome::Response(resp.status().as_u16(), grpc_status),
+                    Ok(resp),
+                )
+            }
+            Err(TryError::Timeout) => (Outcome::PerTryTimeout, Err(TryError::Timeout)),
+            Err(TryError::Upstream(e)) => {
+                let outcome = match &e {
+                    UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                        Outcome::ConnectFailure
+                    }
+                    UpstreamError::Refused { .. } => Outcome::Refused,
+                    UpstreamError::Reset { .. } => Outcome::Reset,
+                    UpstreamError::Overflow { .. } => {
+                        cluster.metrics.overflow.inc();
+                        return ex.fail(ProxyError::new(ErrorKind::Overflow, e.to_string()));
+                    }
+                    UpstreamError::Invalid { .. } => {
+                        return ex.fail(ProxyError::new(ErrorKind::BadRequest, e.to_string()));
+                    }
+                };
+                (outcome, Err(TryError::Upstream(e)))
+            }
+        };
+        count_attempt(&cluster, outcome);
+        if outcome.is_failure() {
+            endpoint.record_failure();
+        }
+        cluster.report(&endpoint, outcome.is_failure());
+
+        // Try again?
+        let out_of_time = ex.deadline.is_some_and(|d| Instant::now() >= d);
+        if let (Some(p), false) = (&policy, out_of_time) {
+            if attempt < tries && p.retries(outcome, &method, ex.grpc) {
+                let left = ex
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                if !replay.can_retry() {
+                    cluster.metrics.retry_skipped_body.inc();
+                } else if left.is_some_and(|l| l < cluster.median_latency.get()) {
+                    cluster.metrics.retry_skipped_deadline.inc();
+                } else if !p.withdraw() {
+                    cluster.metrics.retry_budget_exhausted.inc();
+                } else {
+                    cluster.metrics.retries.inc();
+                    drop((result, in_flight, permit));
+                    let wait = p.backoff(attempt);
+                    let wait = left.map_or(wait, |l| wait.min(l));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+        }
+
+        // This answer stands.
+        ex.in_flight = Some(in_flight);
+        ex.permit = Some(permit);
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(TryError::Timeout) => {
+                let what = if out_of_time {
+                    format!("no response within {:?}", budget.unwrap_or_default())
+                } else {
+                    "no response within the per-try timeout".to_owned()
+                };
+                return ex.fail(ProxyError::new(ErrorKind::Timeout, what));
+            }
+            Err(TryError::Upstream(e)) => {
+                let kind = match outcome {
+                    Outcome::ConnectFailure => ErrorKind::ConnectFailure,
+                    _ => ErrorKind::UpstreamReset,
+                };
+                return ex.fail(ProxyError::new(kind, e.to_string()));
+            }
+        };
+        replay.commit();
+
+        // 6. Stream the response back, in the client's HTTP version.
+        headers::strip_hop_by_hop(resp.headers_mut());
+        *resp.version_mut() = ex.version;
+        return ex.respond(resp, None);
+    }
+}
+
+/// Why a try got no response head.
+enum TryError {
+    Upstream(UpstreamError),
+    Timeout,
+}
+
+/// The upstream sees which try this is.
+const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-skiff-attempt-count");
+
+/// How long a gRPC response without a status in its head may be held back
+/// to read its trailers, so a status there can still be retried.
+const HOLD_FOR_TRAILERS: Duration = Duration::from_millis(250);
+
+/// Read the first frame of a gRPC response that has no grpc-status in its
+/// head: when the trailers come first (no message), their status decides
+/// about a retry. The frame is handed back to the body either way.
+async fn peek_grpc_status(resp: &mut Response<ProxyBody>, deadline: Option<Instant>) -> Option<u8> {
+    use http_body_util::BodyExt;
+    let hold = Instant::now() + HOLD_FOR_TRAILERS;
+    let until = deadline.map_or(hold, |d| d.min(hold));
+    let body = resp.body_mut();
+    match tokio::time::timeout_at(until, body.frame()).await {
+        Ok(Some(Ok(frame))) => {
+            let status = frame.trailers_ref().and_then(grpc::status_of);
+            body.push_front(frame);
+            status
+        }
+        _ => None,
+    }
+}
+
+fn clone_head(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+fn count_attempt(cluster: &Cluster, outcome: Outcome) {
+    let m = &cluster.metrics;
+    match outcome {
+        Outcome::Response(..) if !outcome.is_failure() => m.success.inc(),
+        Outcome::Response(..) => m.failure.inc(),
+        Outcome::PerTryTimeout => m.timeout.inc(),
+        Outcome::Reset | Outcome::Refused => m.reset.inc(),
+        Outcome::ConnectFailure => m.connect_failure.inc(),
+    }
 }
 
 /// One request's bookkeeping, from arrival to the end of its response stream.
@@ -192,6 +347,9 @@ struct Exchange {
     target: Option<Target>,
     bytes_in: Arc<AtomicU64>,
     in_flight: Option<InFlight>,
+    /// The cluster's max_requests slot, held until the response stream ends.
+    permit: Option<Permit>,
+    attempts: u32,
     log: Option<LogFields>,
 }
 
@@ -238,13 +396,10 @@ impl Exchange {
             target: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
             in_flight: None,
+            permit: None,
+            attempts: 0,
             log,
         }
-    }
-
-    fn with_upstream(mut self, in_flight: InFlight) -> Self {
-        self.in_flight = Some(in_flight);
-        self
     }
 
     /// Answer with a proxy-made error (DESIGN §6).
@@ -335,6 +490,7 @@ impl OnStreamEnd for Completion {
                 bytes_in: ex.bytes_in.load(Ordering::Relaxed),
                 bytes_out: end.bytes_out,
                 flag: flag.unwrap_or("-"),
+                attempts: ex.attempts,
                 request_id: fields.request_id.to_str().unwrap_or(""),
             });
         }

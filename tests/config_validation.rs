@@ -119,6 +119,16 @@ rule!(hash_header_without_ring_hash, "hash_header_without_ring_hash.yaml", 16:5,
 rule!(peak_ewma_without_policy, "peak_ewma_without_policy.yaml", 16:5, "clusters[0].peak_ewma", "`peak_ewma` applies only to `lb: peak_ewma`");
 rule!(zero_connect_timeout, "zero_connect_timeout.yaml", 15:22, "clusters[0].connect_timeout", "`connect_timeout` must be greater than 0");
 
+// Resilience: retries, health checks, outlier detection, circuit breaking.
+rule!(retry_unknown_condition, "retry_unknown_condition.yaml", 13:53, "listeners[0].virtual_hosts[0].routes[0].retry.on[1]", "unknown retry condition \"teapot\"");
+rule!(retry_attempts, "retry_attempts.yaml", 13:32, "listeners[0].virtual_hosts[0].routes[0].retry.attempts", "`attempts` counts every try, the first included: from 1 to 10");
+rule!(retry_budget_ratio, "retry_budget_ratio.yaml", 13:63, "listeners[0].virtual_hosts[0].routes[0].retry.budget.ratio", "`ratio` is the share of requests that may be retried");
+rule!(retry_backoff_order, "retry_backoff_order.yaml", 13:72, "listeners[0].virtual_hosts[0].routes[0].retry.backoff.max", "`max` (100ms) must not be less than `base` (1s)");
+rule!(health_check_both, "health_check_both.yaml", 16:19, "clusters[0].health_check", "a health check is `grpc` or `http`, not both");
+rule!(outlier_percent, "outlier_percent.yaml", 16:73, "clusters[0].outlier_detection.max_ejection_percent", "`max_ejection_percent` is a percentage");
+rule!(breaker_zero, "breaker_zero.yaml", 16:38, "clusters[0].circuit_breaker.max_requests", "`max_requests` must be at least 1");
+rule!(panic_threshold, "panic_threshold.yaml", 16:22, "clusters[0].panic_threshold", "`panic_threshold` is a percentage: from 0 to 100");
+
 // Limits and process settings.
 rule!(max_header_bytes, "max_header_bytes.yaml", 8:25, "listeners[0].limits.max_header_bytes", "`max_header_bytes` must be at least 1024");
 rule!(window_out_of_bounds, "window_out_of_bounds.yaml", 7:38, "listeners[0].limits.initial_stream_window", "must be from 65535 to 2147483647 bytes");
@@ -137,20 +147,16 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let r = "listeners[0].virtual_hosts[0].routes[0]";
     let c = "clusters[0]";
     let want: Vec<(usize, usize, String)> = [
-        (4, 1, "tls".to_string()),
-        (11, 5, format!("{l}.transparent")),
-        (12, 5, format!("{l}.passthrough")),
-        (13, 5, format!("{l}.opaque_ports")),
-        (14, 5, format!("{l}.tls")),
-        (15, 5, format!("{l}.authorization")),
-        (17, 5, format!("{l}.jwt")),
-        (18, 5, format!("{l}.rate_limit")),
-        (25, 13, format!("{r}.retry")),
-        (26, 13, format!("{r}.jwt")),
-        (30, 5, format!("{c}.health_check")),
-        (31, 5, format!("{c}.outlier_detection")),
-        (32, 5, format!("{c}.circuit_breaker")),
-        (33, 5, format!("{c}.tls")),
+        (5, 1, "tls".to_string()),
+        (12, 5, format!("{l}.transparent")),
+        (13, 5, format!("{l}.passthrough")),
+        (14, 5, format!("{l}.opaque_ports")),
+        (15, 5, format!("{l}.tls")),
+        (16, 5, format!("{l}.authorization")),
+        (18, 5, format!("{l}.jwt")),
+        (19, 5, format!("{l}.rate_limit")),
+        (27, 13, format!("{r}.jwt")),
+        (34, 5, format!("{c}.tls")),
     ]
     .into();
     assert_eq!(got, want);

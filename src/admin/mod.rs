@@ -75,7 +75,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "starting: waiting for discovery\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "starting: waiting for discovery\n",
+                )
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),

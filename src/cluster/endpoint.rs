@@ -2,7 +2,7 @@
 //! balancers read (requests in flight, a peak-sensitive latency estimate).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,14 @@ pub struct Endpoint {
     requests: AtomicU64,
     failures: AtomicU64,
     pub latency: PeakEwma,
+    /// Active health checking's verdict (true until a check says otherwise).
+    healthy: AtomicBool,
+    checks_passed: AtomicU32,
+    checks_failed: AtomicU32,
+    /// Outlier detection: out of balancing until un-ejected.
+    ejected: AtomicBool,
+    consecutive_failures: AtomicU32,
+    times_ejected: AtomicU32,
 }
 
 impl Endpoint {
@@ -70,6 +78,12 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             latency: PeakEwma::new(ewma.default_rtt, ewma.decay),
+            healthy: AtomicBool::new(true),
+            checks_passed: AtomicU32::new(0),
+            checks_failed: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            times_ejected: AtomicU32::new(0),
         }
     }
 
@@ -102,6 +116,56 @@ impl Endpoint {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Whether the balancer may pick this endpoint (outside panic mode).
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    /// Record one health check; true when the verdict changed.
+    pub fn record_check(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> bool {
+        if ok {
+            self.checks_failed.store(0, Ordering::Relaxed);
+            let n = self.checks_passed.fetch_add(1, Ordering::Relaxed) + 1;
+            n >= healthy_threshold && !self.healthy.swap(true, Ordering::AcqRel)
+        } else {
+            self.checks_passed.store(0, Ordering::Relaxed);
+            let n = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            n >= unhealthy_threshold && self.healthy.swap(false, Ordering::AcqRel)
+        }
+    }
+
+    /// Count a success or failure; returns the run of consecutive failures.
+    pub(super) fn record_outcome(&self, failure: bool) -> u32 {
+        if failure {
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.consecutive_failures.store(0, Ordering::Release);
+            0
+        }
+    }
+
+    /// Eject; returns how many times this endpoint has been ejected, or
+    /// `None` if it already was.
+    pub(super) fn eject(&self) -> Option<u32> {
+        if self.ejected.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.consecutive_failures.store(0, Ordering::Release);
+        Some(self.times_ejected.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    pub(super) fn uneject(&self) {
+        self.ejected.store(false, Ordering::Release);
     }
 
     /// Time from sending a request to its response head.
@@ -150,7 +214,10 @@ mod tests {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(10), Duration::from_secs(10));
         e.observe(Duration::from_millis(100), t0);
-        assert!((e.estimate(t0) - 100e6).abs() < 1.0, "a peak replaces the estimate");
+        assert!(
+            (e.estimate(t0) - 100e6).abs() < 1.0,
+            "a peak replaces the estimate"
+        );
         // A faster sample right away barely moves it...
         e.observe(Duration::from_millis(1), t0);
         assert!(e.estimate(t0) > 99e6);

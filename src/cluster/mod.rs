@@ -11,8 +11,9 @@ pub mod endpoint;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
@@ -20,6 +21,8 @@ use serde::Serialize;
 
 use crate::config::{self, LbPolicy};
 use crate::metrics::{ClusterMetrics, Metrics};
+use crate::resilience::breaker::Limits;
+use crate::resilience::outlier::OutlierDetection;
 use crate::upstream::PoolConfig;
 use balance::Balancer;
 pub use endpoint::{Endpoint, EwmaSettings, InFlight};
@@ -27,8 +30,42 @@ pub use endpoint::{Endpoint, EwmaSettings, InFlight};
 pub use crate::config::UpstreamProtocol;
 
 struct EndpointSet {
+    /// Every endpoint discovery knows.
+    all: Vec<Arc<Endpoint>>,
+    /// What the balancer picks from: healthy and not ejected, or all of
+    /// them in panic mode.
     endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
+}
+
+/// A streaming estimate of the median (frugal streaming: step toward each
+/// sample by 1%), for "is there time for a retry?" — no buffer of samples.
+#[derive(Default)]
+pub struct Median(AtomicU64);
+
+impl Median {
+    pub fn observe(&self, d: Duration) {
+        let x = d.as_secs_f64();
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let m = f64::from_bits(bits);
+                let next = if m == 0.0 {
+                    x
+                } else if x > m {
+                    m * 1.01
+                } else if x < m {
+                    m / 1.01
+                } else {
+                    m
+                };
+                Some(next.to_bits())
+            });
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_secs_f64(f64::from_bits(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 /// A named group of endpoints serving the same thing.
@@ -42,23 +79,37 @@ pub struct Cluster {
     pool: PoolConfig,
     ewma: EwmaSettings,
     endpoints: ArcSwap<EndpointSet>,
+    /// Serialises changes of the endpoint set (discovery, health, ejection).
+    writer: Mutex<()>,
     /// Set once discovery has answered (at once for static endpoints).
     discovered: AtomicBool,
+    /// Circuit-breaker caps.
+    pub limits: Arc<Limits>,
+    outlier: Option<OutlierDetection>,
+    panic_threshold: u32,
+    /// Median latency of the cluster's responses.
+    pub median_latency: Median,
+    panicking: AtomicBool,
 }
 
 impl Cluster {
     /// Build a cluster from its validated config. Static endpoints are set
     /// here; a `dns:` cluster starts empty until [`discovery`] answers.
     pub fn from_config(c: &config::Cluster, metrics: &Metrics) -> Self {
+        let limits = Arc::new(Limits::new(c.circuit_breaker.as_ref()));
         let pool = PoolConfig {
             connect_timeout: c.connect_timeout.get(),
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint,
+            limits: limits.clone(),
         };
-        let ewma = c.peak_ewma.as_ref().map_or_else(EwmaSettings::default, |p| EwmaSettings {
-            default_rtt: p.default_rtt.get(),
-            decay: p.decay.get(),
-        });
+        let ewma = c
+            .peak_ewma
+            .as_ref()
+            .map_or_else(EwmaSettings::default, |p| EwmaSettings {
+                default_rtt: p.default_rtt.get(),
+                decay: p.decay.get(),
+            });
         let cluster = Cluster {
             name: c.name.as_str().into(),
             protocol: c.protocol,
@@ -71,10 +122,20 @@ impl Cluster {
             pool,
             ewma,
             endpoints: ArcSwap::from_pointee(EndpointSet {
+                all: Vec::new(),
                 endpoints: Vec::new(),
                 balancer: Balancer::new(c.lb, &[]),
             }),
+            writer: Mutex::new(()),
             discovered: AtomicBool::new(false),
+            limits,
+            outlier: c
+                .outlier_detection
+                .as_ref()
+                .map(OutlierDetection::from_config),
+            panic_threshold: c.panic_threshold.unwrap_or(50).min(100),
+            median_latency: Median::default(),
+            panicking: AtomicBool::new(false),
         };
         if let Some(list) = &c.endpoints {
             // Addresses were checked by validation; one that fails here is skipped.
@@ -100,14 +161,15 @@ impl Cluster {
     }
 
     /// Replace the endpoint set (from discovery or config). Endpoints whose
-    /// address stays keep their pools; the others are retired.
+    /// address stays keep their pools, health and load; the others are retired.
     pub fn set_endpoints(&self, mut next: Vec<(SocketAddr, u32)>) {
         next.sort_unstable();
         next.dedup_by_key(|(a, _)| *a);
+        let _w = self.writer.lock();
         let current = self.endpoints.load();
         let mut old: HashMap<SocketAddr, &Arc<Endpoint>> =
-            current.endpoints.iter().map(|e| (e.addr, e)).collect();
-        let endpoints: Vec<Arc<Endpoint>> = next
+            current.all.iter().map(|e| (e.addr, e)).collect();
+        let all: Vec<Arc<Endpoint>> = next
             .iter()
             .map(|(addr, weight)| match old.remove(addr) {
                 Some(e) => {
@@ -117,16 +179,11 @@ impl Cluster {
                 None => Arc::new(Endpoint::new(*addr, *weight, self.pool.clone(), &self.ewma)),
             })
             .collect();
-        let changed = !old.is_empty() || endpoints.len() != current.endpoints.len();
+        let changed = !old.is_empty() || all.len() != current.all.len();
         for gone in old.values() {
             gone.pool.retire();
         }
-        self.metrics.endpoints_healthy.set(endpoints.len() as i64);
-        let balancer = Balancer::new(self.policy, &endpoints);
-        self.endpoints.store(Arc::new(EndpointSet {
-            endpoints,
-            balancer,
-        }));
+        self.publish(all);
         if changed {
             tracing::info!(
                 cluster = %self.name,
@@ -137,13 +194,126 @@ impl Cluster {
         self.discovered.store(true, Ordering::Release);
     }
 
+    /// Rebuild what the balancer picks from after a health or ejection change.
+    pub fn refresh_availability(&self) {
+        let _w = self.writer.lock();
+        let all = self.endpoints.load().all.clone();
+        self.publish(all);
+    }
+
+    /// Store a new set over `all` (the writer lock is held): the available
+    /// endpoints, or all of them when too few are available (panic mode).
+    fn publish(&self, all: Vec<Arc<Endpoint>>) {
+        let available: Vec<Arc<Endpoint>> =
+            all.iter().filter(|e| e.is_available()).cloned().collect();
+        let panic =
+            !all.is_empty() && available.len() * 100 < all.len() * self.panic_threshold as usize;
+        if panic != self.panicking.swap(panic, Ordering::AcqRel) {
+            if panic {
+                tracing::warn!(
+                    cluster = %self.name,
+                    available = available.len(),
+                    total = all.len(),
+                    "too few healthy endpoints: balancing over all of them (panic mode)"
+                );
+            } else {
+                tracing::info!(cluster = %self.name, "enough healthy endpoints again: panic mode over");
+            }
+        }
+        let endpoints = if panic { all.clone() } else { available };
+        let ejected = all.iter().filter(|e| e.is_ejected()).count();
+        let unhealthy = all.iter().filter(|e| !e.is_healthy()).count();
+        let healthy = all.iter().filter(|e| e.is_available()).count();
+        self.metrics.endpoints_healthy.set(healthy as i64);
+        self.metrics.endpoints_unhealthy.set(unhealthy as i64);
+        self.metrics.endpoints_ejected.set(ejected as i64);
+        let balancer = Balancer::new(self.policy, &endpoints);
+        self.endpoints.store(Arc::new(EndpointSet {
+            all,
+            endpoints,
+            balancer,
+        }));
+    }
+
+    /// Every endpoint, available or not (for health checks and `/clusters`).
+    pub fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.load().all.clone()
+    }
+
+    /// Record how a try on `ep` went, for outlier detection: enough failures
+    /// in a row eject it for a while.
+    pub fn report(self: &Arc<Self>, ep: &Arc<Endpoint>, failure: bool) {
+        let Some(od) = &self.outlier else { return };
+        let run = ep.record_outcome(failure);
+        if run < od.consecutive_failures {
+            return;
+        }
+        let set = self.endpoints.load();
+        let ejected = set.all.iter().filter(|e| e.is_ejected()).count();
+        if !od.may_eject(ejected, set.all.len()) {
+            return;
+        }
+        let Some(times) = ep.eject() else { return };
+        let duration = od.ejection_time(times);
+        self.metrics.outlier_ejections.inc();
+        tracing::warn!(
+            cluster = %self.name, endpoint = %ep.addr, failures = run, ?duration, times,
+            "endpoint ejected after consecutive failures"
+        );
+        self.refresh_availability();
+        let (cluster, ep) = (Arc::downgrade(self), Arc::downgrade(ep));
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let (Some(cluster), Some(ep)) = (cluster.upgrade(), ep.upgrade()) {
+                ep.uneject();
+                tracing::info!(cluster = %cluster.name, endpoint = %ep.addr, "endpoint back from ejection");
+                cluster.refresh_availability();
+            }
+        });
+    }
+
+    /// The next endpoint not in `tried`, when one is available; else any.
+    pub fn pick_avoiding(
+        &self,
+        headers: &http::HeaderMap,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        let mut pick = self.pick(headers)?;
+        if tried.is_empty() {
+            return Some(pick);
+        }
+        let n = self.endpoints.load().endpoints.len();
+        for _ in 0..n.min(8) {
+            if !tried.contains(&pick.addr) {
+                break;
+            }
+            match self.pick_any() {
+                Some(p) => pick = p,
+                None => break,
+            }
+        }
+        Some(pick)
+    }
+
+    /// A random available endpoint (for retries that must go elsewhere, even under ring_hash).
+    fn pick_any(&self) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        if set.endpoints.is_empty() {
+            return None;
+        }
+        set.endpoints
+            .get(fastrand::usize(..set.endpoints.len()))
+            .cloned()
+    }
+
     /// Discovery has answered at least once.
     pub fn is_discovered(&self) -> bool {
         self.discovered.load(Ordering::Acquire)
     }
 
+    /// Endpoints known, available or not.
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.load().endpoints.len()
+        self.endpoints.load().all.len()
     }
 
     /// The `/clusters` view of this cluster.
@@ -155,15 +325,24 @@ impl Cluster {
             protocol: self.protocol,
             lb: self.policy,
             discovered: self.is_discovered(),
+            panic_mode: self.panicking.load(Ordering::Relaxed),
+            requests_in_flight: self.limits.requests(),
+            connections: self.limits.connections(),
             endpoints: set
-                .endpoints
+                .all
                 .iter()
                 .map(|e| {
                     let (h2, h1_idle) = e.pool.connection_counts();
                     EndpointStatus {
                         address: e.addr.to_string(),
                         weight: e.weight(),
-                        health: "healthy",
+                        health: if e.is_ejected() {
+                            "ejected"
+                        } else if e.is_healthy() {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        },
                         in_flight: e.in_flight(),
                         latency_ms: (e.latency.estimate(now) / 1e4).round() / 100.0,
                         requests_total: e.requests(),
@@ -184,6 +363,10 @@ pub struct ClusterStatus {
     pub lb: LbPolicy,
     /// False until discovery's first answer.
     pub discovered: bool,
+    /// Balancing over all endpoints because too few are healthy.
+    pub panic_mode: bool,
+    pub requests_in_flight: usize,
+    pub connections: usize,
     pub endpoints: Vec<EndpointStatus>,
 }
 

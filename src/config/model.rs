@@ -244,6 +244,13 @@ pub struct RetryPolicy {
     pub backoff: Option<Backoff>,
     #[serde(default)]
     pub budget: Option<RetryBudget>,
+    /// Largest request body kept for replay; a larger body is not retried. Default 64 KiB.
+    #[serde(default)]
+    pub replay_buffer_bytes: Option<usize>,
+    /// Retry plain-HTTP POST/PATCH on every listed condition, not only when
+    /// the request never reached the app. Default false.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -319,6 +326,10 @@ pub struct Cluster {
     /// Upstream connection pool settings; defaults when absent.
     #[serde(default)]
     pub pool: PoolSettings,
+    /// Below this percentage of healthy endpoints, balance over all of them
+    /// (a wrong health signal must not take the whole cluster down). Default 50.
+    #[serde(default)]
+    pub panic_threshold: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -434,6 +445,9 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Dur>,
     #[serde(default)]
     pub max_ejection_percent: Option<u32>,
+    /// Longest ejection, however often an endpoint was ejected. Default 300s.
+    #[serde(default)]
+    pub max_ejection_time: Option<Dur>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -7,8 +7,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -33,6 +31,8 @@ pub enum BodyError {
 /// A response body: from an upstream (HTTP/1.1 via hyper, HTTP/2 via h2) or made by the proxy.
 pub struct ProxyBody {
     inner: Inner,
+    /// A frame read ahead (to learn a gRPC status) and handed back first.
+    peeked: Option<Frame<Bytes>>,
 }
 
 enum Inner {
@@ -51,16 +51,19 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             inner: Inner::Empty,
+            peeked: None,
         }
     }
     pub fn full(b: impl Into<Bytes>) -> Self {
         ProxyBody {
             inner: Inner::Full(Some(b.into())),
+            peeked: None,
         }
     }
     pub fn hyper(b: Incoming) -> Self {
         ProxyBody {
             inner: Inner::Hyper(b),
+            peeked: None,
         }
     }
     /// An upstream HTTP/2 body; `slot` is dropped when the body ends or is dropped.
@@ -71,7 +74,15 @@ impl ProxyBody {
                 data_done: false,
                 _slot: slot,
             },
+            peeked: None,
         }
+    }
+}
+
+impl ProxyBody {
+    /// Hand `frame` back: the next poll returns it first.
+    pub fn push_front(&mut self, frame: Frame<Bytes>) {
+        self.peeked = Some(frame);
     }
 }
 
@@ -83,7 +94,11 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().inner {
+        let this = self.get_mut();
+        if let Some(f) = this.peeked.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Hyper(b) => Pin::new(b)
@@ -112,6 +127,9 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.peeked.is_some() {
+            return false;
+        }
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(b) => b.is_none(),
@@ -130,15 +148,17 @@ impl Body for ProxyBody {
     }
 }
 
-/// A downstream request body on its way upstream, counting the bytes it carries.
-pub struct RequestBody {
-    inner: Incoming,
-    bytes: Arc<AtomicU64>,
+/// A request body on its way upstream: the client's (replayable for
+/// retries), or a fixed one the proxy makes itself (health checks).
+pub enum RequestBody {
+    Client(crate::resilience::replay::ReplayBody<Incoming>),
+    Fixed(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
-        RequestBody { inner, bytes }
+    pub fn fixed(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        RequestBody::Fixed((!b.is_empty()).then_some(b))
     }
 }
 
@@ -147,24 +167,27 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
-                self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
+        match self.get_mut() {
+            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            RequestBody::Client(b) => b.is_end_stream(),
+            RequestBody::Fixed(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            RequestBody::Client(b) => b.size_hint(),
+            RequestBody::Fixed(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

@@ -8,12 +8,15 @@ use http::{HeaderMap, HeaderValue, Response};
 use super::body::ProxyBody;
 
 pub const OK: u8 = 0;
+pub const CANCELLED: u8 = 1;
+pub const UNKNOWN: u8 = 2;
 pub const DEADLINE_EXCEEDED: u8 = 4;
 pub const PERMISSION_DENIED: u8 = 7;
 pub const RESOURCE_EXHAUSTED: u8 = 8;
 pub const UNIMPLEMENTED: u8 = 12;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
+pub const DATA_LOSS: u8 = 15;
 pub const UNAUTHENTICATED: u8 = 16;
 
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";

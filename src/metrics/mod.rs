@@ -30,6 +30,11 @@ pub struct Metrics {
     proxy_errors: IntCounterVec,
     endpoints: IntGaugeVec,
     dns_resolutions: IntCounterVec,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    retries_skipped: IntCounterVec,
+    outlier_ejections: IntCounterVec,
+    overflow: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,8 +78,42 @@ impl Metrics {
             &["cluster", "state"],
         )?;
         let dns_resolutions = IntCounterVec::new(
-            Opts::new("skiff_dns_resolutions_total", "DNS lookups of dns: clusters, by result."),
+            Opts::new(
+                "skiff_dns_resolutions_total",
+                "DNS lookups of dns: clusters, by result.",
+            ),
             &["cluster", "result"],
+        )?;
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let retries = counter(
+            "skiff_retries_total",
+            "Retries sent (tries after the first).",
+            &["cluster"],
+        )?;
+        let retry_budget_exhausted = counter(
+            "skiff_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent.",
+            &["cluster"],
+        )?;
+        let retries_skipped = counter(
+            "skiff_retries_skipped_total",
+            "Retriable failures not retried, by reason (body_too_large, deadline).",
+            &["cluster", "reason"],
+        )?;
+        let outlier_ejections = counter(
+            "skiff_outlier_ejections_total",
+            "Endpoints ejected by outlier detection.",
+            &["cluster"],
+        )?;
+        let overflow = counter(
+            "skiff_overflow_total",
+            "Requests refused by a circuit-breaker cap.",
+            &["cluster"],
         )?;
         registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(dns_resolutions.clone()))?;
@@ -92,6 +131,11 @@ impl Metrics {
             proxy_errors,
             endpoints,
             dns_resolutions,
+            retries,
+            retry_budget_exhausted,
+            retries_skipped,
+            outlier_ejections,
+            overflow,
         })
     }
 
@@ -136,9 +180,23 @@ impl Metrics {
             endpoints_healthy: self.endpoints.with_label_values(&[cluster, "healthy"]),
             endpoints_unhealthy: self.endpoints.with_label_values(&[cluster, "unhealthy"]),
             endpoints_ejected: self.endpoints.with_label_values(&[cluster, "ejected"]),
-            dns_success: self.dns_resolutions.with_label_values(&[cluster, "success"]),
-            dns_failure: self.dns_resolutions.with_label_values(&[cluster, "failure"]),
+            dns_success: self
+                .dns_resolutions
+                .with_label_values(&[cluster, "success"]),
+            dns_failure: self
+                .dns_resolutions
+                .with_label_values(&[cluster, "failure"]),
             dns_empty: self.dns_resolutions.with_label_values(&[cluster, "empty"]),
+            retries: self.retries.with_label_values(&[cluster]),
+            retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&[cluster]),
+            retry_skipped_body: self
+                .retries_skipped
+                .with_label_values(&[cluster, "body_too_large"]),
+            retry_skipped_deadline: self
+                .retries_skipped
+                .with_label_values(&[cluster, "deadline"]),
+            outlier_ejections: self.outlier_ejections.with_label_values(&[cluster]),
+            overflow: self.overflow.with_label_values(&[cluster]),
         }
     }
 }
@@ -203,6 +261,12 @@ pub struct ClusterMetrics {
     pub dns_success: IntCounter,
     pub dns_failure: IntCounter,
     pub dns_empty: IntCounter,
+    pub retries: IntCounter,
+    pub retry_budget_exhausted: IntCounter,
+    pub retry_skipped_body: IntCounter,
+    pub retry_skipped_deadline: IntCounter,
+    pub outlier_ejections: IntCounter,
+    pub overflow: IntCounter,
 }
 
 #[cfg(test)]

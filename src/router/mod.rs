@@ -11,11 +11,13 @@
 mod explain;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 
 use crate::config;
+use crate::resilience::policy::RetryPolicy;
 pub use explain::{Explanation, VhostDecision};
 
 /// What a request is routed by.
@@ -49,6 +51,7 @@ pub struct Route<T> {
     method: Option<Method>,
     pub action: RouteAction<T>,
     pub timeout: Option<Duration>,
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 enum PathMatch {
@@ -333,6 +336,11 @@ fn build_route<T>(
         method,
         action,
         timeout: r.timeout.map(|d| d.get()),
+        retry: r
+            .retry
+            .as_ref()
+            .map(|p| RetryPolicy::from_config(p).map(Arc::new))
+            .transpose()?,
     })
 }
 

@@ -36,7 +36,7 @@ impl Pool {
     }
 
     async fn connect_h1(&self) -> Result<Sender, UpstreamError> {
-        let tcp = self.connect().await?;
+        let (tcp, permit) = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
@@ -49,6 +49,7 @@ impl Pool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
             }
+            drop(permit);
         });
         Ok(sender)
     }

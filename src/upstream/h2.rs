@@ -105,7 +105,7 @@ impl Pool {
         if let Some(slot) = self.h2.try_take() {
             return Ok(slot);
         }
-        let tcp = self.connect().await?;
+        let (tcp, permit) = self.connect().await?;
         let (sender, connection) = ::h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(1 << 20)
@@ -128,12 +128,12 @@ impl Pool {
         if let Ok(mut conns) = self.h2.conns.lock() {
             conns.push(conn.clone());
         }
-        tokio::spawn(drive(
-            connection,
-            conn.clone(),
-            self.config.idle_timeout,
-            self.addr,
-        ));
+        let (idle, addr) = (self.config.idle_timeout, self.addr);
+        let driven = conn.clone();
+        tokio::spawn(async move {
+            drive(connection, driven, idle, addr).await;
+            drop(permit); // the max_connections slot lives as long as the connection
+        });
         Ok(StreamSlot(conn))
     }
 
@@ -159,7 +159,7 @@ impl Pool {
                 Err(e) => {
                     self.h2.remove(&slot.0);
                     if tries >= 2 {
-                        return Err(self.reset(e));
+                        return Err(self.unsent(e));
                     }
                 }
             }
@@ -168,19 +168,42 @@ impl Pool {
             Ok(r) => r,
             Err(e) => {
                 self.h2.remove(&slot.0);
-                return Err(self.reset(e));
+                return Err(self.unsent(e));
             }
         };
         let slot = Arc::new(slot);
         if !end_of_stream {
             tokio::spawn(pump_request(body, stream, slot.clone()));
         }
-        let response = response.await.map_err(|e| self.reset(e))?;
+        let response = response.await.map_err(|e| self.response_error(e))?;
         let (parts, recv) = response.into_parts();
         Ok(Response::from_parts(
             parts,
             ProxyBody::h2(recv, Some(Box::new(slot))),
         ))
+    }
+
+    /// A stream that failed before its response head: refused unprocessed
+    /// (REFUSED_STREAM, or above the last stream of a GOAWAY), or reset.
+    fn response_error(&self, e: ::h2::Error) -> UpstreamError {
+        let refused =
+            e.reason() == Some(::h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
+        if refused {
+            UpstreamError::Refused {
+                addr: self.addr,
+                reason: e.to_string(),
+            }
+        } else {
+            self.reset(e)
+        }
+    }
+
+    /// The request was never handed to the connection.
+    fn unsent(&self, e: ::h2::Error) -> UpstreamError {
+        UpstreamError::Refused {
+            addr: self.addr,
+            reason: format!("connection unusable before sending: {e}"),
+        }
     }
 
     fn reset(&self, e: ::h2::Error) -> UpstreamError {

@@ -15,6 +15,7 @@ use http::{Request, Response};
 use tokio::net::TcpStream;
 
 use crate::http::body::{ProxyBody, RequestBody};
+use crate::resilience::breaker::{Limits, Permit};
 
 /// The protocol spoken to an upstream for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// The cluster's circuit-breaker caps (pending connects, open connections).
+    pub limits: Arc<Limits>,
 }
 
 /// Why a request got no response from the upstream.
@@ -44,6 +47,16 @@ pub enum UpstreamError {
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("upstream {addr} reset the request before responding: {reason}")]
     Reset { addr: SocketAddr, reason: String },
+    /// The upstream refused the stream before processing it (REFUSED_STREAM, GOAWAY).
+    #[error("upstream {addr} refused the request unprocessed: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+    /// A circuit-breaker cap of the cluster was reached.
+    #[error("{what} to {addr} over the cluster's limit of {limit}")]
+    Overflow {
+        addr: SocketAddr,
+        what: &'static str,
+        limit: usize,
+    },
     #[error("the request to {addr} cannot be sent: {reason}")]
     Invalid { addr: SocketAddr, reason: String },
 }
@@ -76,7 +89,8 @@ impl Pool {
     /// The endpoint left its cluster: close idle connections now and the
     /// others once the requests on them end.
     pub fn retire(&self) {
-        self.retired.store(true, std::sync::atomic::Ordering::Release);
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
         self.h2.retire();
         if let Ok(mut idle) = self.h1.lock() {
             idle.clear();
@@ -101,13 +115,23 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+    /// A new TCP connection, within the cluster's caps: the returned permit
+    /// holds a `max_connections` slot for as long as the connection lives.
+    async fn connect(&self) -> Result<(TcpStream, Permit), UpstreamError> {
         let addr = self.addr;
+        let limits = &self.config.limits;
+        let overflow = |what, limit| UpstreamError::Overflow { addr, what, limit };
+        let _pending = limits
+            .pending()
+            .ok_or_else(|| overflow("a pending connection", limits.max_pending))?;
+        let conn_permit = limits
+            .connection()
+            .ok_or_else(|| overflow("a connection", limits.max_connections))?;
         let timeout = self.config.connect_timeout;
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(s)
+                Ok((s, conn_permit))
             }
             Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
             Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),

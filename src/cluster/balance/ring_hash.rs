@@ -38,7 +38,11 @@ impl Ring {
     pub fn new(keys: &[String], weights: &[u32]) -> Self {
         let weight = |i: usize| u64::from(weights.get(i).copied().unwrap_or(1).max(1));
         let total: u64 = (0..keys.len()).map(|i| weight(i) * POINTS_PER_WEIGHT).sum();
-        let scale = if total > MAX_RING { MAX_RING as f64 / total as f64 } else { 1.0 };
+        let scale = if total > MAX_RING {
+            MAX_RING as f64 / total as f64
+        } else {
+            1.0
+        };
         let mut points = Vec::with_capacity(total.min(MAX_RING) as usize + keys.len());
         for (i, key) in keys.iter().enumerate() {
             let n = ((weight(i) * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as u64;
@@ -91,7 +95,13 @@ mod tests {
 
     #[test]
     fn removing_one_of_n_moves_about_one_nth() {
-        let all = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80"];
+        let all = [
+            "10.0.0.1:80",
+            "10.0.0.2:80",
+            "10.0.0.3:80",
+            "10.0.0.4:80",
+            "10.0.0.5:80",
+        ];
         let (before, kb) = ring(&all);
         let (after, ka) = ring(&all[..4]); // 10.0.0.5 leaves
         let mut moved = 0;
@@ -106,7 +116,10 @@ mod tests {
             }
         }
         // About 1/5 of the keys were on the leaving endpoint.
-        assert!((n / 5 - 1_000..n / 5 + 1_000).contains(&moved), "moved {moved}");
+        assert!(
+            (n / 5 - 1_000..n / 5 + 1_000).contains(&moved),
+            "moved {moved}"
+        );
     }
 
     #[test]

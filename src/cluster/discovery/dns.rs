@@ -10,9 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -118,8 +116,10 @@ impl DnsResolver {
                 let ttl = lookup
                     .valid_until()
                     .saturating_duration_since(std::time::Instant::now());
-                let eps: Vec<(SocketAddr, u32)> =
-                    lookup.iter().map(|ip| (SocketAddr::new(ip, port), 1)).collect();
+                let eps: Vec<(SocketAddr, u32)> = lookup
+                    .iter()
+                    .map(|ip| (SocketAddr::new(ip, port), 1))
+                    .collect();
                 if eps.is_empty() {
                     Answer::Empty
                 } else {
@@ -173,7 +173,10 @@ impl DnsResolver {
                     Err(e) => return Answer::Failed(e.to_string()),
                 }
             }
-            eps.extend(ips.into_iter().map(|ip| (SocketAddr::new(ip, s.port), weight)));
+            eps.extend(
+                ips.into_iter()
+                    .map(|ip| (SocketAddr::new(ip, s.port), weight)),
+            );
         }
         if eps.is_empty() {
             Answer::Empty

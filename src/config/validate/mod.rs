@@ -7,6 +7,8 @@
 //! points at the value; a missing or conflicting part points at the mapping
 //! that should hold it; a refused key points at the key.
 
+mod resilience;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -77,47 +79,19 @@ const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
     },
 ];
 
-const NOT_YET_ROUTE: &[NotYet<Route>] = &[
-    NotYet {
-        key: "retry",
-        what: "`retry`",
-        used: |r| r.retry.is_some(),
-        hint: "remove it; each request gets one try",
-    },
-    NotYet {
-        key: "jwt",
-        what: "route `jwt`",
-        used: |r| r.jwt.is_some(),
-        hint: "remove it",
-    },
-];
+const NOT_YET_ROUTE: &[NotYet<Route>] = &[NotYet {
+    key: "jwt",
+    what: "route `jwt`",
+    used: |r| r.jwt.is_some(),
+    hint: "remove it",
+}];
 
-const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[
-    NotYet {
-        key: "health_check",
-        what: "`health_check`",
-        used: |c| c.health_check.is_some(),
-        hint: "remove it; every endpoint counts as healthy",
-    },
-    NotYet {
-        key: "outlier_detection",
-        what: "`outlier_detection`",
-        used: |c| c.outlier_detection.is_some(),
-        hint: "remove it",
-    },
-    NotYet {
-        key: "circuit_breaker",
-        what: "`circuit_breaker`",
-        used: |c| c.circuit_breaker.is_some(),
-        hint: "remove it",
-    },
-    NotYet {
-        key: "tls",
-        what: "cluster `tls`",
-        used: |c| c.tls.is_some(),
-        hint: "remove it; upstream connections are plaintext",
-    },
-];
+const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[NotYet {
+    key: "tls",
+    what: "cluster `tls`",
+    used: |c| c.tls.is_some(),
+    hint: "remove it; upstream connections are plaintext",
+}];
 
 /// Check every rule over what parsed; the errors come back unsorted.
 pub(crate) fn validate(draft: &Draft, at: &Locator<'_>) -> Vec<ConfigError> {
@@ -358,6 +332,7 @@ impl Rules<'_> {
 
     fn route(&mut self, d: &Draft, route: &Route, base: &str) {
         self.not_yet(NOT_YET_ROUTE, route, base);
+        self.retry(route, base);
         match (&route.cluster, &route.weighted_clusters) {
             (Some(_), Some(_)) => {
                 let message = "a route names `cluster` or `weighted_clusters`, not both";
@@ -513,6 +488,7 @@ impl Rules<'_> {
             }
             self.dns(c, &base);
             self.balancing(c, &base);
+            self.cluster_resilience(c, &base);
             let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
             for (k, e) in c.endpoints.iter().flatten().enumerate() {
                 let epath = format!("{base}.endpoints[{k}]");
