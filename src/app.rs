@@ -275,6 +275,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
             unrouted: Arc::new(metrics.route(&l.name, "")),
             access_log: access_log.clone(),
             max_header_bytes: l.limits.max_header_bytes,
+            stream_idle_timeout: l.limits.stream_idle_timeout.get(),
         });
         listeners.push(BoundListener {
             name: l.name.clone(),

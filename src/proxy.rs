@@ -23,7 +23,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::cluster::{Cluster, InFlight, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{
-    ObservedBody, OnStreamEnd, ProxyBody, RequestBody, StreamEnd, StreamOutcome,
+    IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, RequestBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
 use crate::metrics::{ListenerMetrics, RouteMetrics};
@@ -51,6 +51,8 @@ pub struct ListenerState {
     /// Largest request head accepted; hyper's own limits sit above it so the
     /// proxy answers 431 itself, with `x-skiff-error`.
     pub max_header_bytes: usize,
+    /// End a request when nothing moves either way for this long.
+    pub stream_idle_timeout: Duration,
 }
 
 /// Proxy one request from a downstream client.
@@ -180,13 +182,22 @@ pub async fn handle(
         let upstream_req = Request::from_parts(parts, RequestBody::Client(replay.next_try()));
         let sent_at = Instant::now();
         let sent = endpoint.pool.send(proto, upstream_req);
-        let result = match try_deadline {
-            Some(d) => match tokio::time::timeout_at(d, sent).await {
-                Ok(r) => r.map_err(TryError::Upstream),
-                Err(_) => Err(TryError::Timeout),
-            },
-            None => sent.await.map_err(TryError::Upstream),
-        };
+        let result = await_head(
+            sent,
+            try_deadline,
+            ex.state.stream_idle_timeout,
+            &ex.bytes_in,
+        )
+        .await;
+        if let Err(TryError::Idle) = result {
+            cluster.metrics.timeout.inc();
+            ex.in_flight = Some(in_flight);
+            let what = format!(
+                "no response and no request byte for {:?} (stream_idle_timeout)",
+                ex.state.stream_idle_timeout
+            );
+            return ex.fail(ProxyError::new(ErrorKind::Timeout, what));
+        }
 
         // What the try came to.
         let (outcome, result) = match result {
@@ -205,7 +216,9 @@ pub async fn handle(
                     Ok(resp),
                 )
             }
-            Err(TryError::Timeout) => (Outcome::PerTryTimeout, Err(TryError::Timeout)),
+            Err(TryError::Timeout | TryError::Idle) => {
+                (Outcome::PerTryTimeout, Err(TryError::Timeout))
+            }
             Err(TryError::Upstream(e)) => {
                 let outcome = match &e {
                     UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
@@ -259,7 +272,7 @@ pub async fn handle(
         ex.permit = Some(permit);
         let mut resp = match result {
             Ok(resp) => resp,
-            Err(TryError::Timeout) => {
+            Err(TryError::Timeout | TryError::Idle) => {
                 let what = if out_of_time {
                     format!("no response within {:?}", budget.unwrap_or_default())
                 } else {
@@ -287,7 +300,40 @@ pub async fn handle(
 /// Why a try got no response head.
 enum TryError {
     Upstream(UpstreamError),
+    /// The try's deadline (route, per-try or grpc-timeout) passed.
     Timeout,
+    /// Nothing moved for the stream idle timeout while waiting.
+    Idle,
+}
+
+/// Wait for the response head: until the try's deadline, and while no
+/// deadline is set, as long as the request body keeps moving within the
+/// stream idle timeout (a client stream may take long before its answer).
+async fn await_head(
+    sent: impl std::future::Future<Output = Result<Response<ProxyBody>, UpstreamError>>,
+    deadline: Option<Instant>,
+    idle: Duration,
+    bytes_in: &AtomicU64,
+) -> Result<Response<ProxyBody>, TryError> {
+    tokio::pin!(sent);
+    let mut seen = bytes_in.load(Ordering::Relaxed);
+    loop {
+        let wake = Instant::now() + idle;
+        let until = deadline.map_or(wake, |d| d.min(wake));
+        match tokio::time::timeout_at(until, &mut sent).await {
+            Ok(r) => return r.map_err(TryError::Upstream),
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(TryError::Timeout)
+            }
+            Err(_) => {
+                let now = bytes_in.load(Ordering::Relaxed);
+                if now == seen {
+                    return Err(TryError::Idle);
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 /// The upstream sees which try this is.
@@ -421,6 +467,9 @@ impl Exchange {
             .deadline
             .filter(|_| flag.is_none())
             .map(|d| Box::pin(tokio::time::sleep_until(d)));
+        let idle = flag
+            .is_none()
+            .then(|| IdleTimer::new(self.state.stream_idle_timeout, self.bytes_in.clone()));
         let done = Completion {
             status: parts.status.as_u16(),
             grpc_status: grpc::status_of(&parts.headers),
@@ -430,7 +479,7 @@ impl Exchange {
         let grpc = done.exchange.grpc;
         Response::from_parts(
             parts,
-            ObservedBody::new(body, deadline, grpc, Some(Box::new(done))),
+            ObservedBody::new(body, deadline, idle, grpc, Some(Box::new(done))),
         )
     }
 }
@@ -462,9 +511,15 @@ impl OnStreamEnd for Completion {
             }
             StreamOutcome::UpstreamError => Some("UR"),
             StreamOutcome::Cancelled => Some("DC"),
+            StreamOutcome::Idle => {
+                ex.state.metrics.proxy_error(ErrorKind::Timeout);
+                Some("SI")
+            }
         });
         let grpc_status = match end.outcome {
-            StreamOutcome::Timeout if ex.grpc => Some(grpc::DEADLINE_EXCEEDED),
+            StreamOutcome::Timeout | StreamOutcome::Idle if ex.grpc => {
+                Some(grpc::DEADLINE_EXCEEDED)
+            }
             _ => grpc_status,
         };
         let metrics = ex

@@ -145,8 +145,15 @@ pub struct ListenerLimits {
     #[serde(default = "default_connection_window")]
     pub initial_connection_window: u32,
     /// Time a client has to send a complete request head. Default 10s.
+    /// Time a client has to send a complete request head; for HTTP/1.1 it
+    /// also bounds the wait for the next request on a kept-alive connection.
+    /// Default 30s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// A request whose streams move no byte (either way) for this long is
+    /// ended. Default 5m. Long-lived gRPC streams live as long as they move.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: Dur,
     /// HTTP/2 keep-alive PING interval toward clients. Default 30s.
     #[serde(default = "default_keepalive_interval")]
     pub keepalive_interval: Dur,
@@ -160,6 +167,7 @@ impl Default for ListenerLimits {
             initial_stream_window: default_stream_window(),
             initial_connection_window: default_connection_window(),
             header_read_timeout: default_header_read_timeout(),
+            stream_idle_timeout: default_stream_idle_timeout(),
             keepalive_interval: default_keepalive_interval(),
         }
     }
@@ -545,7 +553,10 @@ fn default_connection_window() -> u32 {
     4 * 1024 * 1024
 }
 fn default_header_read_timeout() -> Dur {
-    Dur::from_secs(10)
+    Dur::from_secs(30)
+}
+fn default_stream_idle_timeout() -> Dur {
+    Dur::from_secs(300)
 }
 fn default_keepalive_interval() -> Dur {
     Dur::from_secs(30)

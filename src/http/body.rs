@@ -7,13 +7,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::grpc;
 
@@ -202,6 +205,8 @@ pub enum StreamOutcome {
     UpstreamError,
     /// The client went away before the end.
     Cancelled,
+    /// No byte moved either way for the stream idle timeout.
+    Idle,
 }
 
 /// What is known when a response stream ends.
@@ -223,6 +228,7 @@ pub trait OnStreamEnd: Send + Sync {
 pub struct ObservedBody {
     inner: ProxyBody,
     deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<IdleTimer>,
     grpc: bool,
     bytes_out: u64,
     grpc_status: Option<u8>,
@@ -234,6 +240,7 @@ impl ObservedBody {
     pub fn new(
         inner: ProxyBody,
         deadline: Option<Pin<Box<Sleep>>>,
+        idle: Option<IdleTimer>,
         grpc: bool,
         on_end: Option<Box<dyn OnStreamEnd>>,
     ) -> Self {
@@ -241,6 +248,7 @@ impl ObservedBody {
         let mut b = ObservedBody {
             inner,
             deadline,
+            idle,
             grpc,
             bytes_out: 0,
             grpc_status: None,
@@ -255,12 +263,13 @@ impl ObservedBody {
 
     /// A body with nothing to observe (admin answers, already-recorded errors).
     pub fn plain(inner: ProxyBody) -> Self {
-        ObservedBody::new(inner, None, false, None)
+        ObservedBody::new(inner, None, None, false, None)
     }
 
     fn finish(&mut self, outcome: StreamOutcome) {
         self.done = true;
         self.deadline = None;
+        self.idle = None;
         if let Some(cb) = self.on_end.take() {
             cb.finish(StreamEnd {
                 outcome,
@@ -283,30 +292,38 @@ impl Body for ObservedBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(d) = &mut this.deadline {
-            if d.as_mut().poll(cx).is_ready() {
-                this.finish(StreamOutcome::Timeout);
-                if this.grpc {
-                    // End the call the way a gRPC client understands.
-                    let mut t = HeaderMap::new();
-                    t.insert(
-                        grpc::GRPC_STATUS,
-                        HeaderValue::from(u16::from(grpc::DEADLINE_EXCEEDED)),
-                    );
-                    t.insert(
-                        grpc::GRPC_MESSAGE,
-                        HeaderValue::from_static(
-                            "deadline%20exceeded%20while%20streaming%20the%20response",
-                        ),
-                    );
-                    t.insert(
-                        crate::error::ERROR_HEADER,
-                        HeaderValue::from_static("timeout"),
-                    );
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                }
-                return Poll::Ready(Some(Err(BodyError::Timeout)));
+        let deadline_passed = this
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        let expired = if deadline_passed {
+            Some(StreamOutcome::Timeout)
+        } else if this.idle.as_mut().is_some_and(|i| i.poll_expired(cx)) {
+            Some(StreamOutcome::Idle)
+        } else {
+            None
+        };
+        if let Some(outcome) = expired {
+            this.finish(outcome);
+            if this.grpc {
+                // End the call the way a gRPC client understands.
+                let message = match outcome {
+                    StreamOutcome::Idle => "stream%20idle%20timeout:%20nothing%20moved",
+                    _ => "deadline%20exceeded%20while%20streaming%20the%20response",
+                };
+                let mut t = HeaderMap::new();
+                t.insert(
+                    grpc::GRPC_STATUS,
+                    HeaderValue::from(u16::from(grpc::DEADLINE_EXCEEDED)),
+                );
+                t.insert(grpc::GRPC_MESSAGE, HeaderValue::from_static(message));
+                t.insert(
+                    crate::error::ERROR_HEADER,
+                    HeaderValue::from_static("timeout"),
+                );
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
             }
+            return Poll::Ready(Some(Err(BodyError::Timeout)));
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -314,6 +331,9 @@ impl Body for ObservedBody {
                     this.bytes_out += d.len() as u64;
                 } else if let Some(t) = frame.trailers_ref() {
                     this.grpc_status = grpc::status_of(t);
+                }
+                if let Some(idle) = &mut this.idle {
+                    idle.touch();
                 }
                 if this.inner.is_end_stream() || frame.is_trailers() {
                     this.finish(StreamOutcome::Complete);
@@ -344,10 +364,84 @@ impl Body for ObservedBody {
     }
 }
 
+/// The stream idle timeout: fires when neither the response (frames out)
+/// nor the request (bytes in) moved for `timeout`. Activity only records
+/// the time; the timer is re-armed when it fires, not on every frame.
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    request_bytes: Arc<AtomicU64>,
+    seen_request_bytes: u64,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration, request_bytes: Arc<AtomicU64>) -> Self {
+        let now = Instant::now();
+        IdleTimer {
+            timeout,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            last_activity: now,
+            seen_request_bytes: request_bytes.load(Ordering::Relaxed),
+            request_bytes,
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// True once nothing has moved for the whole timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = Instant::now();
+            let bytes = self.request_bytes.load(Ordering::Relaxed);
+            if bytes != self.seen_request_bytes {
+                self.seen_request_bytes = bytes;
+                self.last_activity = now;
+            }
+            let until = self.last_activity + self.timeout;
+            if until <= now {
+                return true;
+            }
+            self.sleep.as_mut().reset(until);
+        }
+    }
+}
+
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if !self.done {
             self.finish(StreamOutcome::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expired(t: &mut IdleTimer) -> bool {
+        let waker = std::task::Waker::noop();
+        t.poll_expired(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_fires_only_when_nothing_moves() {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut t = IdleTimer::new(Duration::from_secs(10), bytes.clone());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        t.touch(); // a response frame
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!expired(&mut t), "a frame 6 s ago keeps the stream alive");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        bytes.store(100, Ordering::Relaxed); // the client sent something
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!expired(&mut t), "request bytes count as activity");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(expired(&mut t), "ten quiet seconds end it");
     }
 }
