@@ -1,0 +1,452 @@
+//! Load balancing end to end, one statistical test per `lb:` policy: real
+//! replicas on 127.0.0.2, 127.0.0.3, … (same port) that say who answered,
+//! some made slow on purpose, and bounds on the spread rather than exact
+//! counts wherever a policy draws at random.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context as _};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use support::body::{self, TestBody};
+use support::dns::DnsServer;
+use support::http_client::{header_str, HttpClient};
+use support::{eventually, AbortOnDrop, Proto, Proxy};
+
+// ---------------------------------------------------------------- replicas
+
+/// One replica of the service on `ip:port` (HTTP/1.1 and h2c): answers `ok`
+/// with `x-replica: ip:port` after its own delay.
+struct Replica {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
+    _task: AbortOnDrop,
+}
+
+impl Replica {
+    async fn start(addr: SocketAddr) -> anyhow::Result<Replica> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (s, d) = (served.clone(), delay_ms.clone());
+        let task = AbortOnDrop::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
+                let (s, d) = (s.clone(), d.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(req, addr, s.clone(), d.load(Ordering::SeqCst))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Replica {
+            addr,
+            served,
+            delay_ms,
+            _task: task,
+        })
+    }
+
+    fn id(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn v4(&self) -> Ipv4Addr {
+        match self.addr.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// Hold every request this long before answering.
+    fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    _req: Request<Incoming>,
+    me: SocketAddr,
+    served: Arc<AtomicU64>,
+    delay_ms: u64,
+) -> Result<Response<TestBody>, Infallible> {
+    served.fetch_add(1, Ordering::SeqCst);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    let mut resp = Response::new(body::full("ok"));
+    if let Ok(v) = HeaderValue::from_str(&me.to_string()) {
+        resp.headers_mut().insert("x-replica", v);
+    }
+    Ok(resp)
+}
+
+/// `n` replicas on 127.0.0.2, 127.0.0.3, … all on the same port.
+async fn replicas(n: u8) -> anyhow::Result<Vec<Replica>> {
+    let mut last = anyhow!("no attempt");
+    for _ in 0..10 {
+        let first = Replica::start(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for i in 1..n {
+            match Replica::start(SocketAddr::from(([127, 0, 0, 2 + i], port))).await {
+                Ok(r) => all.push(r),
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        if all.len() == usize::from(n) {
+            return Ok(all);
+        }
+    }
+    Err(last.context("no port free on every replica address"))
+}
+
+// ---------------------------------------------------------------- proxy
+
+/// A proxy with one cluster `web` (HTTP/2 upstream) behind every path;
+/// `cluster` holds its other settings (YAML lines at cluster depth).
+fn yaml(cluster: &str, top: &str) -> String {
+    let mut y = format!("admin:\n  address: 127.0.0.1:0\n{top}");
+    y += "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: \"/\" }\n            cluster: web\n            timeout: 10s\n";
+    y += "clusters:\n  - name: web\n    protocol: http2\n";
+    for line in cluster.lines() {
+        y += &format!("    {line}\n");
+    }
+    y
+}
+
+/// `web` with static endpoints `(replica, weight)` and policy `lb`.
+fn static_yaml(lb: &str, eps: &[(&Replica, u32)], extra: &str) -> String {
+    let list: Vec<String> = eps
+        .iter()
+        .map(|(r, w)| format!("{{ address: \"{}\", weight: {w} }}", r.addr))
+        .collect();
+    yaml(
+        &format!("lb: {lb}\nendpoints: [{}]\n{extra}", list.join(", ")),
+        "",
+    )
+}
+
+/// Which replica answered.
+fn who(parts: &http::response::Parts) -> anyhow::Result<String> {
+    ensure!(parts.status == 200, "not answered by a replica: {parts:?}");
+    header_str(&parts.headers, "x-replica")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no x-replica: {parts:?}"))
+}
+
+/// Send `n` GETs over `conns` HTTP/2 connections at once (each one request
+/// after another) and count the answers by replica. A failure fails the test.
+async fn spread(
+    proxy: SocketAddr,
+    n: usize,
+    conns: usize,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let next = next.clone();
+        tasks.spawn(async move {
+            let mut c = HttpClient::connect(proxy, Proto::H2).await?;
+            let mut seen = BTreeMap::<String, u64>::new();
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                let (parts, _) = c.get("/").await?;
+                *seen.entry(who(&parts)?).or_default() += 1;
+            }
+            anyhow::Ok(seen)
+        });
+    }
+    let mut total = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        for (k, v) in r?? {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    Ok(total)
+}
+
+fn count(seen: &BTreeMap<String, u64>, r: &Replica) -> u64 {
+    seen.get(&r.id()).copied().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- round_robin
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_gives_every_endpoint_the_same_share() -> anyhow::Result<()> {
+    let r = replicas(3).await?;
+    let proxy = Proxy::start(&static_yaml(
+        "round_robin",
+        &[(&r[0], 1), (&r[1], 1), (&r[2], 1)],
+        "",
+    ))
+    .await?;
+    let seen = spread(proxy.addr(), 300, 3).await?;
+    // A shared counter: exactly one turn each, however the requests interleave.
+    for x in &r {
+        assert_eq!(
+            count(&seen, x),
+            100,
+            "300 requests over 3 equal endpoints: {seen:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_weighted_3_to_1_is_proportional_and_smooth() -> anyhow::Result<()> {
+    let r = replicas(2).await?;
+    let proxy = Proxy::start(&static_yaml("round_robin", &[(&r[0], 3), (&r[1], 1)], "")).await?;
+    let mut c = HttpClient::connect(proxy.addr(), Proto::H2).await?;
+    let mut order = Vec::new();
+    for _ in 0..400 {
+        let (parts, _) = c.get("/").await?;
+        order.push(who(&parts)?);
+    }
+    let heavy = order.iter().filter(|w| **w == r[0].id()).count();
+    assert_eq!(heavy, 300, "weights 3:1 over 400 requests");
+    // Smooth: the heavy endpoint never gets a burst longer than its weight.
+    let longest = order
+        .split(|w| *w == r[1].id())
+        .map(<[String]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= 3,
+        "a run of {longest} requests to the weight-3 endpoint"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- random
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_follows_the_weights() -> anyhow::Result<()> {
+    let r = replicas(3).await?;
+    let proxy = Proxy::start(&static_yaml(
+        "random",
+        &[(&r[0], 2), (&r[1], 1), (&r[2], 1)],
+        "",
+    ))
+    .await?;
+    let seen = spread(proxy.addr(), 2000, 4).await?;
+    // Expected 1000 / 500 / 500; a standard deviation is ~22, allow ±100.
+    let want = [1000u64, 500, 500];
+    for (x, want) in r.iter().zip(want) {
+        let got = count(&seen, x);
+        assert!(
+            got.abs_diff(want) <= 100,
+            "weights 2:1:1 over 2000 random picks: {} got {got}, want ~{want}: {seen:?}",
+            x.id()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- least_request
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_less_to_the_endpoint_that_holds_requests_longer() -> anyhow::Result<()>
+{
+    let r = replicas(2).await?;
+    r[0].set_delay(Duration::from_millis(200));
+    r[1].set_delay(Duration::from_millis(10));
+    let proxy = Proxy::start(&static_yaml("least_request", &[(&r[0], 1), (&r[1], 1)], "")).await?;
+    // 8 requests at a time: the slow endpoint's requests pile up in flight,
+    // so it wins fewer of the comparisons (round robin would give it half).
+    let seen = spread(proxy.addr(), 400, 8).await?;
+    let slow = count(&seen, &r[0]);
+    assert!(
+        slow * 4 < 400,
+        "the endpoint 20x slower got {slow} of 400 (want < 25%): {seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_honours_weights() -> anyhow::Result<()> {
+    let r = replicas(2).await?;
+    for x in &r {
+        x.set_delay(Duration::from_millis(20));
+    }
+    let proxy = Proxy::start(&static_yaml("least_request", &[(&r[0], 3), (&r[1], 1)], "")).await?;
+    // Load per unit of weight is compared: at equal speed the weight-3
+    // endpoint carries about three times the requests in flight, so ~75%.
+    let seen = spread(proxy.addr(), 600, 8).await?;
+    let heavy = count(&seen, &r[0]);
+    assert!(
+        (360..=540).contains(&heavy),
+        "weights 3:1 at equal speed: the weight-3 endpoint got {heavy} of 600 (want ~450): {seen:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- peak_ewma
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_most_traffic_away_from_a_10x_slower_endpoint() -> anyhow::Result<()> {
+    let r = replicas(2).await?;
+    r[0].set_delay(Duration::from_millis(100));
+    r[1].set_delay(Duration::from_millis(10));
+    let proxy = Proxy::start(&static_yaml(
+        "peak_ewma",
+        &[(&r[0], 1), (&r[1], 1)],
+        "peak_ewma: { decay: 2s, default_rtt: 10ms }\n",
+    ))
+    .await?;
+    let seen = spread(proxy.addr(), 300, 4).await?;
+    let fast = count(&seen, &r[1]);
+    assert!(
+        fast * 100 > 300 * 70,
+        "the fast endpoint got {fast} of 300 (want > 70%): {seen:?}"
+    );
+
+    // /clusters shows the estimates that made the choice.
+    let (_, body) = proxy.admin_get("/clusters").await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let latency = |r: &Replica| {
+        v["clusters"][0]["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["address"] == r.id()))
+            .and_then(|e| e["latency_ms"].as_f64())
+    };
+    let (slow_ms, fast_ms) = (latency(&r[0]), latency(&r[1]));
+    assert!(
+        matches!((slow_ms, fast_ms), (Some(s), Some(f)) if s > f),
+        "latency estimates: slow {slow_ms:?}, fast {fast_ms:?}: {body}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- ring_hash
+
+/// GET with `x-user-id: key` (or without), answered by which replica.
+async fn get_as(c: &mut HttpClient, key: Option<&str>) -> anyhow::Result<String> {
+    let mut req = c.request("GET", "/");
+    if let Some(k) = key {
+        req = req.header("x-user-id", k);
+    }
+    let (parts, _) = c.exchange(req.body(body::empty())?).await?;
+    who(&parts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_keys_sticky_and_moves_about_one_nth_when_one_leaves() -> anyhow::Result<()>
+{
+    const KEYS: usize = 400;
+    let r = replicas(4).await?;
+    let name = "web.skiff.test";
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(1);
+    dns.set_a(name, &r.iter().map(Replica::v4).collect::<Vec<_>>());
+    let cluster = format!(
+        "lb: ring_hash\nhash_header: x-user-id\ndns: {{ name: {name}, port: {}, refresh: 1s }}\n",
+        r[0].addr.port()
+    );
+    let top = format!("resolver:\n  servers: [\"{}\"]\n", dns.addr());
+    let proxy = Proxy::start(&yaml(&cluster, &top)).await?;
+    eventually(Duration::from_secs(15), || async {
+        let (status, body) = proxy.admin_get("/ready").await?;
+        ensure!(status == 200, "/ready: {status} {body}");
+        Ok(())
+    })
+    .await?;
+
+    // Every key lands on one replica, whichever connection asks, every time.
+    let keys: Vec<String> = (0..KEYS).map(|u| format!("user-{u}")).collect();
+    let mut a = HttpClient::connect(proxy.addr(), Proto::H2).await?;
+    let mut b = HttpClient::connect(proxy.addr(), Proto::H1).await?;
+    let mut home = BTreeMap::<String, String>::new();
+    for k in &keys {
+        let first = get_as(&mut a, Some(k)).await?;
+        for _ in 0..2 {
+            let again = get_as(&mut b, Some(k)).await?;
+            assert_eq!(
+                again, first,
+                "{k} moved from {first} to {again} with nothing changed"
+            );
+        }
+        home.insert(k.clone(), first);
+    }
+    // Keys spread over every replica: ~100 each, at least half of that.
+    let mut per = BTreeMap::<String, usize>::new();
+    for h in home.values() {
+        *per.entry(h.clone()).or_default() += 1;
+    }
+    for x in &r {
+        let n = per.get(&x.id()).copied().unwrap_or(0);
+        assert!(n >= KEYS / 8, "{} owns {n} of {KEYS} keys: {per:?}", x.id());
+    }
+
+    // One of four leaves: only its keys move, about a quarter of them.
+    let leaving = &r[3];
+    dns.set_a(name, &r[..3].iter().map(Replica::v4).collect::<Vec<_>>());
+    eventually(Duration::from_secs(2), || async {
+        let (_, body) = proxy.admin_get("/clusters").await?;
+        ensure!(!body.contains(&leaving.id()), "still listed: {body}");
+        Ok(())
+    })
+    .await?;
+    let served_before = leaving.served();
+    let mut moved = 0;
+    for k in &keys {
+        let now = get_as(&mut a, Some(k)).await?;
+        let was = &home[k];
+        if now != *was {
+            moved += 1;
+            assert_eq!(
+                *was,
+                leaving.id(),
+                "{k} moved from {was} to {now}, though {was} stayed"
+            );
+        }
+    }
+    let owned = per.get(&leaving.id()).copied().unwrap_or(0);
+    assert_eq!(moved, owned, "exactly the leaving replica's keys move");
+    assert!(
+        (KEYS / 10..=KEYS * 2 / 5).contains(&moved),
+        "{moved} of {KEYS} keys moved when 1 of 4 endpoints left (want ~1/4)"
+    );
+    assert_eq!(
+        leaving.served(),
+        served_before,
+        "the removed replica got requests"
+    );
+
+    // Without the header: still answered, spread at random over the rest.
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(get_as(&mut b, None).await?);
+    }
+    assert!(
+        seen.len() >= 2,
+        "40 requests without x-user-id all went to {seen:?}"
+    );
+    assert!(!seen.contains(&leaving.id()));
+    Ok(())
+}
