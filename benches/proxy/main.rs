@@ -84,6 +84,13 @@ struct Args {
     /// The skiff binary [default: the one cargo built with this bench].
     #[arg(long, env = "SKIFF_BENCH_SKIFF")]
     skiff: Option<PathBuf>,
+    /// A second skiff binary, measured as target `skiff-b` (add it to --targets).
+    #[arg(long)]
+    skiff_b: Option<PathBuf>,
+    /// Only serve the backend on 127.0.0.1:PORT (0: any) for this many
+    /// seconds, for profiling a proxy by hand; see BENCHMARKS.md.
+    #[arg(long, value_names = ["PORT", "SECS"], num_args = 2)]
+    backend_only: Vec<u64>,
     /// Where to write the JSON [default: bench-results/proxy-<time>.json].
     #[arg(long)]
     json: Option<PathBuf>,
@@ -118,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let taskset = targets::find_program("taskset");
-    let pin = !args.no_pin && cpus >= 2 && taskset.is_some();
+    let pin = !args.no_pin && cpus >= 2 && taskset.is_some() && args.backend_only.is_empty();
     if pin && std::env::var_os(PINNED_ENV).is_none() {
         // Run again on the load CPU: this process holds the load generator
         // and the backend.
@@ -132,7 +139,7 @@ fn main() -> anyhow::Result<()> {
             .status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
-    if !pin {
+    if !pin && args.backend_only.is_empty() {
         println!(
             "not pinning to CPUs ({})",
             if args.no_pin {
@@ -168,6 +175,18 @@ fn secs(s: f64) -> Duration {
 }
 
 async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
+    if let [port, secs] = args.backend_only[..] {
+        let port = u16::try_from(port).context("port")?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("backend listening on {}", listener.local_addr()?);
+        println!(
+            "gRPC unary 1 KiB request body (for h2load -d): {}",
+            write_unary_frame()?.display()
+        );
+        let serve = echo::serve(listener, Bytes::from(vec![b'x'; 1024]));
+        let _ = tokio::time::timeout(Duration::from_secs(secs), serve).await;
+        return Ok(());
+    }
     let scenarios: Vec<String> = if args.scenarios.is_empty() {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -193,6 +212,7 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
         dir: &dir,
         pin: settings.taskset.as_deref().map(|t| (t, PROXY_CPU)),
         skiff: &skiff,
+        skiff_b: args.skiff_b.as_deref(),
     };
     let mut results = Results::default();
     let mut running: Vec<Target> = Vec::new();
@@ -329,6 +349,16 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The framed gRPC request of the unary 1 KiB scenario, in a file.
+fn write_unary_frame() -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join("skiff-bench-unary-1k.grpc");
+    let Call::Grpc { frame, .. } = unary(1024) else {
+        bail!("unary is a gRPC call");
+    };
+    std::fs::write(&path, &frame)?;
+    Ok(path)
 }
 
 fn mib(kib: u64) -> f64 {

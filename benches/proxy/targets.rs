@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _};
 
 use crate::procstat::{self, Sample};
 
-pub const ALL: [&str; 4] = ["direct", "skiff", "nginx", "haproxy"];
+/// `skiff-b` is a second skiff binary (`--skiff-b`), to compare two builds.
+pub const ALL: [&str; 5] = ["direct", "skiff", "nginx", "haproxy", "skiff-b"];
 
 /// A target ready for load.
 pub struct Target {
@@ -139,6 +140,7 @@ pub struct Launch<'a> {
     /// `taskset` and the CPU list to pin each proxy to, when pinning.
     pub pin: Option<(&'a Path, &'a str)>,
     pub skiff: &'a Path,
+    pub skiff_b: Option<&'a Path>,
 }
 
 /// Start `name`: `Ok(None)` (with the reason printed) when it is not installed.
@@ -156,13 +158,22 @@ pub async fn start(name: &'static str, launch: &Launch<'_>) -> anyhow::Result<Op
                 proc: None,
             }))
         }
-        "skiff" => {
+        "skiff" | "skiff-b" => {
+            let program = if name == "skiff" {
+                launch.skiff
+            } else {
+                launch.skiff_b.context("skiff-b needs --skiff-b PATH")?
+            };
             let port = free_port()?;
-            let cfg = dir.join("skiff.yaml");
+            let cfg = dir.join(format!("{name}.yaml"));
             std::fs::write(&cfg, skiff_config(port, b))?;
-            let version = format!("skiff {}", env!("CARGO_PKG_VERSION"));
+            let version = format!(
+                "skiff {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                program.display()
+            );
             let args = vec!["run".into(), "--config".into(), cfg.display().to_string()];
-            (launch.skiff.to_path_buf(), args, version, port, port)
+            (program.to_path_buf(), args, version, port, port)
         }
         "nginx" => {
             let Some(program) = find_program("nginx") else {
