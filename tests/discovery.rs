@@ -40,6 +40,7 @@ struct Replica {
     addr: SocketAddr,
     served: Arc<AtomicU64>,
     connections: Arc<AtomicI64>,
+    accepted: Arc<AtomicU64>,
     _task: AbortOnDrop,
 }
 
@@ -51,11 +52,13 @@ impl Replica {
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicI64::new(0));
-        let (s, c) = (served.clone(), connections.clone());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (s, c, a) = (served.clone(), connections.clone(), accepted.clone());
         let task = AbortOnDrop::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
                 let _ = tcp.set_nodelay(true);
+                a.fetch_add(1, Ordering::SeqCst);
                 let (s, c) = (s.clone(), c.clone());
                 c.fetch_add(1, Ordering::SeqCst);
                 conns.spawn(async move {
@@ -71,6 +74,7 @@ impl Replica {
             addr,
             served,
             connections,
+            accepted,
             _task: task,
         })
     }
@@ -93,6 +97,11 @@ impl Replica {
     /// Requests that reached this replica.
     fn served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since the start.
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections open to this replica.
@@ -524,6 +533,15 @@ async fn a_and_aaaa_records_both_become_endpoints() -> anyhow::Result<()> {
     }
     assert_eq!(seen.get(&v4.id()), Some(&10), "{seen:?}");
     assert_eq!(seen.get(&v6.id()), Some(&10), "{seen:?}");
+
+    // No A records left, only AAAA: the IPv6 endpoint alone, not an empty cluster.
+    dns.set_a(NAME, &[]);
+    wait_endpoints(&proxy, &[&v6], FOLLOW).await?;
+    let (parts, _) = c.get("/").await?;
+    assert_eq!(
+        header_str(&parts.headers, "x-replica"),
+        Some(v6.id().as_str())
+    );
     Ok(())
 }
 
@@ -607,6 +625,53 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+
+    // Only the weights change: the same endpoints take the new ones.
+    dns.set_srv(
+        srv_name,
+        &[
+            Srv::new(10, 4, r2.addr.port(), "r2.web.skiff.test"),
+            Srv::new(10, 1, r3.addr.port(), "r3.web.skiff.test"),
+        ],
+    );
+    let want: BTreeMap<String, u64> = [(r2.id(), 4), (r3.id(), 1)].into_iter().collect();
+    eventually(FOLLOW, || async {
+        let eps = endpoints(&proxy, "web").await?;
+        ensure!(eps == want, "/clusters shows {eps:?}, want {want:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: only the best SRV priority is read; when none of its targets resolves the cluster empties instead of using the next priority"]
+async fn srv_uses_the_next_priority_when_no_target_of_the_best_one_resolves() -> anyhow::Result<()>
+{
+    // RFC 2782: a client tries the lowest-numbered priority it can reach. A
+    // target with no address cannot be reached, so priority 20 serves.
+    let backup = Replica::start(SocketAddr::from(([127, 0, 0, 3], 0))).await?;
+    let srv_name = "_http._tcp.web.skiff.test";
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(1);
+    dns.set_a("backup.web.skiff.test", &[backup.v4()]);
+    dns.set_srv(
+        srv_name,
+        &[
+            // A stale record: its target name is gone (NXDOMAIN).
+            Srv::new(10, 1, backup.addr.port(), "gone.web.skiff.test"),
+            Srv::new(20, 1, backup.addr.port(), "backup.web.skiff.test"),
+        ],
+    );
+    let web = format!("dns: {{ srv: {srv_name}, refresh: 1s }}");
+    let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
+    wait_ready(&proxy).await?;
+    wait_endpoints(&proxy, &[&backup], Duration::from_secs(5))
+        .await
+        .context("the priority-20 target must serve while no priority-10 target resolves")?;
+    let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
+    let (parts, body) = c.get("/").await?;
+    assert_eq!(parts.status, 200, "{}", body.text());
     Ok(())
 }
 
@@ -1089,5 +1154,60 @@ async fn the_test_dns_server_answers_like_a_real_one() -> anyhow::Result<()> {
         ResponseCode::ServFail
     );
     assert_eq!(dns.queries(NAME), 3, "nope.skiff.test is another name");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_that_stay_keep_their_connection_across_changes() -> anyhow::Result<()> {
+    let r = replicas(3).await?;
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(1);
+    dns.set_a(NAME, &[r[0].v4()]);
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
+    wait_ready(&proxy).await?;
+    let traffic = Traffic::start(proxy.addr());
+    traffic.wait_more(50).await?;
+    let first = r[0].accepted();
+
+    // Refreshes with the same answer, then replicas joining and leaving
+    // around it: its one HTTP/2 connection serves throughout.
+    for set in [
+        &[&r[0]][..],
+        &[&r[0], &r[1]],
+        &[&r[0], &r[1], &r[2]],
+        &[&r[0], &r[2]],
+        &[&r[0]],
+    ] {
+        let ips: Vec<Ipv4Addr> = set.iter().map(|x| x.v4()).collect();
+        dns.set_a(NAME, &ips);
+        wait_endpoints(&proxy, set, FOLLOW).await?;
+        traffic.wait_more(100).await?;
+    }
+    let t = traffic.stop().await;
+    assert!(
+        t.failures.is_empty(),
+        "{:?}",
+        &t.failures[..t.failures.len().min(5)]
+    );
+    assert_eq!(
+        r[0].accepted(),
+        first,
+        "the replica that stayed got new connections: its pool was not kept"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_comes_over_tcp() -> anyhow::Result<()> {
+    // 150 A records (2.4 KB) do not fit a UDP answer: the server sets TC and
+    // the resolver asks again over TCP, as for a big headless service.
+    let dns = DnsServer::empty().await?;
+    let ips: Vec<Ipv4Addr> = (0..150u8).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect();
+    dns.set_a(NAME, &ips);
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(9), None, "")).await?;
+    wait_ready(&proxy).await?;
+    let eps = endpoints(&proxy, "web").await?;
+    assert_eq!(eps.len(), 150, "{eps:?}");
+    assert!(dns.tcp_queries() > 0, "the answer never went over TCP");
     Ok(())
 }

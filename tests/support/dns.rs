@@ -73,6 +73,8 @@ struct Zone {
     srv_glue: bool,
     /// Queries received per name, whatever the behaviour.
     queries: HashMap<String, u64>,
+    /// Queries that came over TCP.
+    tcp_queries: u64,
 }
 
 /// A running server; it stops when dropped.
@@ -101,6 +103,7 @@ impl DnsServer {
             behaviour: Behaviour::Answer,
             srv_glue: true,
             queries: HashMap::new(),
+            tcp_queries: 0,
         }));
         let (udp, tcp) = bind_pair().await?;
         let addr = udp.local_addr()?;
@@ -195,6 +198,11 @@ impl DnsServer {
         self.zone().srv_glue = glue;
     }
 
+    /// How many queries arrived over TCP so far.
+    pub fn tcp_queries(&self) -> u64 {
+        self.zone().tcp_queries
+    }
+
     /// How many queries for `name` (any type) arrived so far.
     pub fn queries(&self, name: &str) -> u64 {
         self.zone().queries.get(&key(name)).copied().unwrap_or(0)
@@ -271,6 +279,9 @@ fn respond(zone: &Mutex<Zone>, query: &[u8], udp: bool) -> Option<Vec<u8>> {
             Err(p) => p.into_inner(),
         };
         *z.queries.entry(name.clone()).or_default() += 1;
+        if !udp {
+            z.tcp_queries += 1;
+        }
         match z.behaviour {
             Behaviour::Silent => return None,
             Behaviour::ServFail => reply.metadata.response_code = ResponseCode::ServFail,
