@@ -450,3 +450,30 @@ async fn ring_hash_keeps_keys_sticky_and_moves_about_one_nth_when_one_leaves() -
     assert!(!seen.contains(&leaving.id()));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_maps_keys_alike_in_every_proxy_whatever_the_endpoint_order() -> anyhow::Result<()>
+{
+    // Two sidecars of a fleet, their endpoints listed in opposite orders:
+    // a key must land on the same replica through either.
+    let r = replicas(4).await?;
+    let forward: Vec<(&Replica, u32)> = r.iter().map(|x| (x, 1)).collect();
+    let backward: Vec<(&Replica, u32)> = r.iter().rev().map(|x| (x, 1)).collect();
+    let extra = "hash_header: x-user-id\n";
+    let p1 = Proxy::start(&static_yaml("ring_hash", &forward, extra)).await?;
+    let p2 = Proxy::start(&static_yaml("ring_hash", &backward, extra)).await?;
+    let mut c1 = HttpClient::connect(p1.addr(), Proto::H2).await?;
+    let mut c2 = HttpClient::connect(p2.addr(), Proto::H2).await?;
+    let mut used = BTreeSet::new();
+    for u in 0..100 {
+        let k = format!("user-{u}");
+        let (a, b) = (
+            get_as(&mut c1, Some(&k)).await?,
+            get_as(&mut c2, Some(&k)).await?,
+        );
+        assert_eq!(a, b, "{k}: one proxy sends it to {a}, the other to {b}");
+        used.insert(a);
+    }
+    assert_eq!(used.len(), 4, "100 keys over 4 replicas used only {used:?}");
+    Ok(())
+}
