@@ -368,14 +368,15 @@ async fn dns_failures(proxy: &Proxy) -> anyhow::Result<f64> {
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_follows_dns_as_replicas_scale_1_3_2_without_a_failed_request() -> anyhow::Result<()>
-{
-    let r = replicas(3).await?;
+/// Scale 1 → 3 → 2 under load with `upstream` (http1 | http2) toward the replicas.
+async fn scale_1_3_2(upstream: &str) -> anyhow::Result<()> {
+    let mut r = replicas(3).await?;
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
+    let y = yaml(&dns, &dns_a(r[0].addr.port()), None, "")
+        .replace("protocol: http2", &format!("protocol: {upstream}"));
+    let proxy = Proxy::start(&y).await?;
     wait_ready(&proxy).await?;
 
     let traffic = Traffic::start(proxy.addr());
@@ -434,15 +435,35 @@ async fn traffic_follows_dns_as_replicas_scale_1_3_2_without_a_failed_request() 
         );
     }
 
+    // The pod is gone for good (listener and connections): nothing notices.
+    drop(r.remove(0));
+    let a = traffic.tally();
+    let b = traffic.wait_more(200).await?;
+    for x in &r {
+        ensure!(b.of(x) > a.of(x), "{} got no traffic: {b:?}", x.id());
+    }
+
     let t = traffic.stop().await;
     assert!(
         t.failures.is_empty(),
-        "{} of {} requests failed while the replicas changed; first: {:?}",
+        "{upstream} upstream: {} of {} requests failed while the replicas changed; first: {:?}",
         t.failures.len(),
         t.total + t.failures.len() as u64,
         t.failures.iter().take(5).collect::<Vec<_>>()
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_dns_as_replicas_scale_1_3_2_without_a_failed_request_http2(
+) -> anyhow::Result<()> {
+    scale_1_3_2("http2").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_dns_as_replicas_scale_1_3_2_without_a_failed_request_http1(
+) -> anyhow::Result<()> {
+    scale_1_3_2("http1").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
