@@ -1232,3 +1232,40 @@ async fn a_large_answer_comes_over_tcp() -> anyhow::Result<()> {
     assert!(dns.tcp_queries() > 0, "the answer never went over TCP");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_resolver_server_is_skipped_for_a_live_one() -> anyhow::Result<()> {
+    let r = replicas(1).await?;
+    let dead = DnsServer::empty().await?;
+    dead.set_behaviour(Behaviour::Silent);
+    let live = DnsServer::empty().await?;
+    live.set_a(NAME, &[r[0].v4()]);
+    let y = yaml(&live, &dns_a(r[0].addr.port()), None, "").replace(
+        &format!("servers: [\"{}\"]", live.addr()),
+        &format!("servers: [\"{}\", \"{}\"]", dead.addr(), live.addr()),
+    );
+    let proxy = Proxy::start(&y).await?;
+    wait_ready(&proxy).await?;
+    let web = cluster_view(&proxy, "web").await?;
+    assert_eq!(web["discovered"], true, "{web}");
+    wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_longer_than_refresh_does_not_delay_the_next_lookup() -> anyhow::Result<()> {
+    // `refresh` is the upper bound: a record cached for 5 minutes somewhere
+    // must not hold the proxy to it.
+    let r = replicas(2).await?;
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(300);
+    dns.set_a(NAME, &[r[0].v4()]);
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
+    wait_ready(&proxy).await?;
+    wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
+    dns.set_a(NAME, &[r[1].v4()]);
+    wait_endpoints(&proxy, &[&r[1]], FOLLOW)
+        .await
+        .context("refresh: 1s must win over a TTL of 300s")?;
+    Ok(())
+}
