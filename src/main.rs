@@ -85,7 +85,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         tracing::info!(config = %path.display(), worker_threads = threads, version = env!("CARGO_PKG_VERSION"), "starting");
-        let bound = skiff::app::build(config).await?;
+        let bound = skiff::app::build(config).await?.reload_from(path);
         bound.run(shutdown_signal()).await?;
         Ok(())
     })

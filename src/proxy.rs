@@ -20,12 +20,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::cluster::{Cluster, InFlight, UpstreamProtocol};
+use crate::cluster::passthrough::Passthrough;
+use crate::cluster::{Cluster, Endpoint, InFlight, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{
     IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, RequestBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
+use crate::listener::Serving;
 use crate::metrics::{ListenerMetrics, RouteMetrics};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
@@ -40,7 +42,16 @@ pub struct Target {
     pub metrics: Arc<RouteMetrics>,
 }
 
+/// Where a downstream connection came from and, when it was redirected
+/// by iptables, where it was going.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub orig_dst: Option<SocketAddr>,
+}
+
 /// Everything one listener's requests need, shared by its connections.
+/// A config reload swaps in a new one; requests in flight keep theirs.
 pub struct ListenerState {
     pub name: Arc<str>,
     pub router: Router<Target>,
@@ -53,17 +64,22 @@ pub struct ListenerState {
     pub max_header_bytes: usize,
     /// End a request when nothing moves either way for this long.
     pub stream_idle_timeout: Duration,
+    /// Accept-time settings: hyper limits, transparency, detection.
+    pub serving: Arc<Serving>,
+    /// `passthrough: true` on a transparent listener: unrouted requests go
+    /// to their original destination.
+    pub passthrough: Option<Passthrough>,
 }
 
 /// Proxy one request from a downstream client.
 pub async fn handle(
     state: Arc<ListenerState>,
-    client: SocketAddr,
+    conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ObservedBody> {
     // 1. Name the request.
     let request_id = headers::ensure_request_id(req.headers_mut());
-    let mut ex = Exchange::new(state.clone(), client, &req, request_id);
+    let mut ex = Exchange::new(state.clone(), conn.client, &req, request_id);
     if head_size(&req) > state.max_header_bytes {
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
@@ -75,29 +91,51 @@ pub async fn handle(
         ));
     };
 
-    // 2. Route.
+    // 2. Route: by authority, then (redirected connections) by original
+    // destination, then (passthrough) to the original destination itself.
     let info = RequestInfo {
         authority: &authority,
         path: req.uri().path(),
         method: req.method(),
         headers: req.headers(),
     };
-    let Some(route) = state.router.route(&info) else {
-        let what = format!(
-            "no route for {} {}{}",
-            req.method(),
-            authority,
-            req.uri().path()
-        );
-        return ex.fail(ProxyError::new(ErrorKind::NoRoute, what));
-    };
-
-    // 3. Cluster.
-    let Some((_, target)) = route.action.pick() else {
-        return ex.fail(ProxyError::new(
-            ErrorKind::NoHealthyUpstream,
-            "route has no cluster",
-        ));
+    let by_dst = conn.orig_dst.map(|d| d.to_string());
+    let route = state.router.route(&info).or_else(|| {
+        let dst = by_dst.as_deref()?;
+        state.router.route(&RequestInfo {
+            authority: dst,
+            ..info
+        })
+    });
+    let mut fixed_endpoint: Option<Arc<Endpoint>> = None;
+    let (target, timeout, policy) = match (route, &state.passthrough, conn.orig_dst) {
+        (Some(route), _, _) => {
+            // 3. Cluster.
+            let Some((_, target)) = route.action.pick() else {
+                return ex.fail(ProxyError::new(
+                    ErrorKind::NoHealthyUpstream,
+                    "route has no cluster",
+                ));
+            };
+            (target.clone(), route.timeout, route.retry.clone())
+        }
+        (None, Some(p), Some(dst)) => {
+            fixed_endpoint = Some(p.endpoint(dst));
+            let target = Target {
+                cluster: p.cluster.clone(),
+                metrics: p.metrics.clone(),
+            };
+            (target, None, None)
+        }
+        _ => {
+            let what = format!(
+                "no route for {} {}{}",
+                req.method(),
+                authority,
+                req.uri().path()
+            );
+            return ex.fail(ProxyError::new(ErrorKind::NoRoute, what));
+        }
     };
     ex.target = Some(target.clone());
     let cluster = target.cluster.clone();
@@ -107,7 +145,7 @@ pub async fn handle(
         .headers()
         .get(grpc::GRPC_TIMEOUT)
         .and_then(|v| grpc::parse_timeout(v.as_bytes()));
-    let budget = match (route.timeout, client_deadline) {
+    let budget = match (timeout, client_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -120,7 +158,6 @@ pub async fn handle(
         (UpstreamProtocol::Auto, Version::HTTP_2) => Protocol::Http2,
         (UpstreamProtocol::Auto, _) => Protocol::Http1,
     };
-    let policy = route.retry.clone();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let method = parts.method.clone();
@@ -145,9 +182,10 @@ pub async fn handle(
             );
             return ex.fail(ProxyError::new(ErrorKind::Overflow, what));
         };
-        let picked = head
-            .as_ref()
-            .and_then(|h| cluster.pick_avoiding(&h.headers, &tried));
+        let picked = fixed_endpoint.clone().or_else(|| {
+            head.as_ref()
+                .and_then(|h| cluster.pick_avoiding(&h.headers, &tried))
+        });
         let Some(endpoint) = picked else {
             let what = format!("cluster {} has no healthy endpoint", cluster.name);
             return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));

@@ -148,9 +148,6 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let c = "clusters[0]";
     let want: Vec<(usize, usize, String)> = [
         (5, 1, "tls".to_string()),
-        (12, 5, format!("{l}.transparent")),
-        (13, 5, format!("{l}.passthrough")),
-        (14, 5, format!("{l}.opaque_ports")),
         (15, 5, format!("{l}.tls")),
         (16, 5, format!("{l}.authorization")),
         (18, 5, format!("{l}.jwt")),

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,14 +21,18 @@ use crate::http::body::ProxyBody;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub registry: prometheus::Registry,
-    pub config: Arc<Config>,
-    pub clusters: Vec<Arc<Cluster>>,
+    /// The running config (swapped on reload).
+    pub config: ArcSwap<Config>,
+    /// The running clusters, by name (swapped on reload).
+    pub clusters: ArcSwap<Vec<Arc<Cluster>>>,
     /// True once listeners serve and every cluster has had its first discovery answer.
     pub ready: AtomicBool,
     /// True from the shutdown signal on: readiness fails so peers stop sending.
     pub draining: AtomicBool,
     /// Notified by `POST /shutdown`.
     pub shutdown: Notify,
+    /// Notified by `POST /drain`.
+    pub drain: Notify,
 }
 
 /// Serve admin requests until `stop` turns true.
@@ -82,21 +87,26 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/config_dump") => json(&*state.config),
+        (&Method::GET, "/config_dump") => json(&**state.config.load()),
         (&Method::GET, "/clusters") => {
-            let clusters: Vec<_> = state.clusters.iter().map(|c| c.status()).collect();
+            let clusters: Vec<_> = state.clusters.load().iter().map(|c| c.status()).collect();
             json(&serde_json::json!({ "clusters": clusters }))
         }
         (&Method::POST, "/shutdown") => {
             state.shutdown.notify_one();
             text(StatusCode::OK, "shutting down\n")
         }
-        (_, "/metrics" | "/ready" | "/live" | "/config_dump" | "/clusters" | "/shutdown") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (&Method::POST, "/drain") => {
+            state.drain.notify_one();
+            text(StatusCode::OK, "draining\n")
         }
+        (
+            _,
+            "/metrics" | "/ready" | "/live" | "/config_dump" | "/clusters" | "/shutdown" | "/drain",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /ready /live /config_dump /clusters, POST /shutdown\n",
+            "not found; try /metrics /ready /live /config_dump /clusters, POST /drain /shutdown\n",
         ),
     }
 }

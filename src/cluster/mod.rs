@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod discovery;
 pub mod endpoint;
+pub mod passthrough;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -272,38 +273,36 @@ impl Cluster {
         });
     }
 
-    /// The next endpoint not in `tried`, when one is available; else any.
+    /// The next endpoint by the policy, unless it was tried already: then
+    /// one of the untried available endpoints, at random; if every one was
+    /// tried, the policy's pick.
     pub fn pick_avoiding(
         &self,
         headers: &http::HeaderMap,
         tried: &[SocketAddr],
     ) -> Option<Arc<Endpoint>> {
-        let mut pick = self.pick(headers)?;
-        if tried.is_empty() {
+        let pick = self.pick(headers)?;
+        if !tried.contains(&pick.addr) {
             return Some(pick);
         }
-        let n = self.endpoints.load().endpoints.len();
-        for _ in 0..n.min(8) {
-            if !tried.contains(&pick.addr) {
-                break;
-            }
-            match self.pick_any() {
-                Some(p) => pick = p,
-                None => break,
-            }
+        let set = self.endpoints.load();
+        let untried: Vec<&Arc<Endpoint>> = set
+            .endpoints
+            .iter()
+            .filter(|e| !tried.contains(&e.addr))
+            .collect();
+        if untried.is_empty() {
+            return Some(pick);
         }
-        Some(pick)
+        untried
+            .get(fastrand::usize(..untried.len()))
+            .map(|e| (*e).clone())
     }
 
-    /// A random available endpoint (for retries that must go elsewhere, even under ring_hash).
-    fn pick_any(&self) -> Option<Arc<Endpoint>> {
-        let set = self.endpoints.load();
-        if set.endpoints.is_empty() {
-            return None;
-        }
-        set.endpoints
-            .get(fastrand::usize(..set.endpoints.len()))
-            .cloned()
+    /// An endpoint with this cluster's pool settings, outside its set
+    /// (the passthrough cluster's destinations).
+    pub fn new_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(addr, 1, self.pool.clone(), &self.ewma))
     }
 
     /// Discovery has answered at least once.

@@ -265,6 +265,7 @@ pub(crate) struct Draft {
     pub access_log: Option<AccessLog>,
     pub resolver: Option<Resolver>,
     pub tls: Option<MeshTls>,
+    pub drain: Drain,
     /// Listeners that parsed, with their index in the file.
     pub listeners: Vec<(usize, Listener)>,
     pub clusters: Vec<(usize, Cluster)>,
@@ -281,6 +282,7 @@ impl Draft {
             access_log: self.access_log,
             resolver: self.resolver,
             tls: self.tls,
+            drain: self.drain,
             listeners: self.listeners.into_iter().map(|(_, l)| l).collect(),
             clusters: self.clusters.into_iter().map(|(_, c)| c).collect(),
         })
@@ -293,6 +295,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "access_log",
     "resolver",
     "tls",
+    "drain",
     "listeners",
     "clusters",
 ];
@@ -313,6 +316,7 @@ impl Parse<'_> {
             access_log: None,
             resolver: None,
             tls: None,
+            drain: Drain::default(),
             listeners: Vec::new(),
             clusters: Vec::new(),
             cluster_names: Some(Vec::new()),
@@ -349,6 +353,7 @@ impl Parse<'_> {
                 "access_log" => draft.access_log = self.optional(value, "access_log"),
                 "resolver" => draft.resolver = self.optional(value, "resolver"),
                 "tls" => draft.tls = self.optional(value, "tls"),
+                "drain" => draft.drain = self.optional(value, "drain").unwrap_or_default(),
                 "listeners" => draft.listeners = self.list(value, "listeners", None),
                 "clusters" => {
                     let mut names = Vec::new();
@@ -668,7 +673,9 @@ fn noun(path: &str) -> String {
 const DURATION_KEYS: &[&str] = &[
     "timeout",
     "connect_timeout",
-    "drain_timeout",
+    "delay",
+    "detect_timeout",
+    "stream_idle_timeout",
     "per_try_timeout",
     "header_read_timeout",
     "keepalive_interval",
@@ -687,6 +694,7 @@ const DURATION_KEYS: &[&str] = &[
 /// (serde then names only "an enum").
 const ENUM_KEYS: &[(&str, &[&str])] = &[
     ("protocol", &["auto", "http1", "http2"]),
+    ("direction", &["inbound", "outbound"]),
     (
         "lb",
         &[

@@ -28,6 +28,9 @@ pub struct Config {
     /// This workload's mesh identity (not supported yet).
     #[serde(default)]
     pub tls: Option<MeshTls>,
+    /// How the proxy stops (SIGTERM, `POST /drain`, `POST /shutdown`).
+    #[serde(default)]
+    pub drain: Drain,
     /// Where the proxy accepts traffic.
     pub listeners: Vec<Listener>,
     /// Where the proxy sends traffic.
@@ -48,13 +51,44 @@ pub struct Runtime {
     /// Tokio worker threads. Default: the CPUs this process may use (cgroup quota respected).
     #[serde(default)]
     pub worker_threads: Option<usize>,
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30s.
-    #[serde(default)]
-    pub drain_timeout: Option<Dur>,
     /// How long `/ready` waits for every cluster's first discovery answer
     /// before reporting ready anyway (with the empty clusters logged). Default 10s.
     #[serde(default)]
     pub discovery_timeout: Option<Dur>,
+}
+
+/// The stop sequence: readiness fails at once; inbound listeners keep
+/// accepting for `delay` (endpoint removal takes time to reach the peers),
+/// then stop and ask their connections to finish; outbound listeners serve
+/// the app until it stops calling; everything in flight may take `timeout`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// Default 5s.
+    #[serde(default = "default_drain_delay")]
+    pub delay: Dur,
+    /// Default 30s.
+    #[serde(default = "default_drain_timeout")]
+    pub timeout: Dur,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            delay: default_drain_delay(),
+            timeout: default_drain_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Serves traffic for the app: stops `drain.delay` after SIGTERM.
+    #[default]
+    Inbound,
+    /// Serves the app's own calls: keeps serving while the app still calls.
+    Outbound,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -99,15 +133,18 @@ pub struct Listener {
     pub name: String,
     /// `ip:port` to bind; port 0 picks a free port.
     pub address: String,
-    /// Destination from SO_ORIGINAL_DST (iptables REDIRECT). Not supported yet.
+    /// `inbound` (traffic for the app) or `outbound` (the app's calls): how it drains.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Destination from SO_ORIGINAL_DST (iptables REDIRECT).
     #[serde(default)]
     pub transparent: bool,
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Unknown authority / opaque TCP goes to the original destination. Not supported yet.
+    /// Unknown authority / opaque TCP goes to the original destination (transparent listeners).
     #[serde(default)]
     pub passthrough: bool,
-    /// Ports proxied as opaque TCP without protocol detection. Not supported yet.
+    /// Original-destination ports proxied as opaque TCP without protocol detection.
     #[serde(default)]
     pub opaque_ports: Vec<u16>,
     /// Downstream connection limits; safe defaults when absent.
@@ -150,6 +187,10 @@ pub struct ListenerLimits {
     /// Default 30s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Time to tell HTTP from other protocols on a transparent listener;
+    /// a client silent this long is taken for a server-first protocol. Default 1s.
+    #[serde(default = "default_detect_timeout")]
+    pub detect_timeout: Dur,
     /// A request whose streams move no byte (either way) for this long is
     /// ended. Default 5m. Long-lived gRPC streams live as long as they move.
     #[serde(default = "default_stream_idle_timeout")]
@@ -168,6 +209,7 @@ impl Default for ListenerLimits {
             initial_connection_window: default_connection_window(),
             header_read_timeout: default_header_read_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
+            detect_timeout: default_detect_timeout(),
             keepalive_interval: default_keepalive_interval(),
         }
     }
@@ -553,6 +595,15 @@ fn default_connection_window() -> u32 {
     4 * 1024 * 1024
 }
 fn default_header_read_timeout() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_detect_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_drain_delay() -> Dur {
+    Dur::from_secs(5)
+}
+fn default_drain_timeout() -> Dur {
     Dur::from_secs(30)
 }
 fn default_stream_idle_timeout() -> Dur {

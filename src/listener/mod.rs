@@ -5,19 +5,28 @@
 //! and every connection is asked to finish gracefully (GOAWAY for HTTP/2,
 //! `Connection: close` after the current response for HTTP/1.1).
 
+pub mod detect;
+pub mod original_dst;
+pub mod tcp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use detect::Detected;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{ListenerLimits, ListenerProtocol};
-use crate::proxy::{self, ListenerState};
+use crate::proxy::{self, ConnInfo, ListenerState};
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -65,63 +74,128 @@ fn hyper_head_limit(max_header_bytes: usize) -> u32 {
     u32::try_from(max_header_bytes.saturating_mul(2).saturating_add(16 * 1024)).unwrap_or(u32::MAX)
 }
 
-/// Accept and serve connections until `drain` turns true.
+/// What a listener's accept loop reads from the current config snapshot.
+pub struct Serving {
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Read the original destination (iptables REDIRECT).
+    pub transparent: bool,
+    /// Non-HTTP connections go to their original destination as opaque TCP.
+    pub passthrough: bool,
+    /// Ports proxied as opaque TCP without waiting for detection.
+    pub opaque_ports: Vec<u16>,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Accept and serve connections until `stop` turns true; then ask every
+/// open connection to finish (GOAWAY, `Connection: close`) and return when
+/// the last one has. `open` counts the connections.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<ListenerState>,
-    builder: auto::Builder<TokioExecutor>,
-    mut drain: watch::Receiver<bool>,
+    state: Arc<ArcSwap<ListenerState>>,
+    mut stop: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
 ) {
-    let builder = Arc::new(builder);
+    let local = listener.local_addr().ok();
     loop {
         let (stream, client) = tokio::select! {
             biased;
-            _ = drain.changed() => break,
+            _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(listener = %state.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %state.load().name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let mut drain = drain.clone();
+        let current = state.load_full();
+        let serving = current.serving.clone();
+        // A connection made straight to our port was not redirected: its
+        // "original destination" is this listener itself, never a loop target.
+        let orig_dst = if serving.transparent {
+            original_dst::original_dst(&stream).filter(|d| Some(*d) != local)
+        } else {
+            None
+        };
+        let conn = ConnInfo { client, orig_dst };
+        let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
-            let gauge = state.metrics.connections_active.clone();
-            gauge.inc();
-            let svc_state = state.clone();
-            let service = service_fn(move |req| {
-                let state = svc_state.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(state, client, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
-                }
-            };
-            if let Err(e) = result {
-                // hyper answered a request head it could not parse with a bare 400;
-                // count it with the proxy's other bad requests.
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(|e| e.is_parse() || e.is_parse_too_large())
-                {
-                    state
-                        .metrics
-                        .proxy_error(crate::error::ErrorKind::BadRequest);
-                }
-                tracing::debug!(listener = %state.name, %client, error = %e, "connection ended with an error");
-            }
-            gauge.dec();
-            drop(drain);
+            open.fetch_add(1, Ordering::AcqRel);
+            current.metrics.connections_active.inc();
+            serve_connection(stream, conn, &serving, &current.name, state, stop).await;
+            current.metrics.connections_active.dec();
+            open.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    conn: ConnInfo,
+    serving: &Serving,
+    name: &str,
+    state: Arc<ArcSwap<ListenerState>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Some(dst) = conn.orig_dst {
+        if serving.opaque_ports.contains(&dst.port()) {
+            return tcp::forward(stream, dst, serving.connect_timeout, name).await;
+        }
+    }
+    let mut prefix = Bytes::new();
+    if serving.transparent || serving.passthrough {
+        match detect::detect(&mut stream, serving.detect_timeout).await {
+            Ok((Detected::Http, read)) => prefix = read,
+            Ok((Detected::Opaque, read)) => {
+                match (serving.passthrough, conn.orig_dst) {
+                    (true, Some(dst)) => {
+                        let stream = detect::Rewind::new(read, stream);
+                        tcp::forward(stream, dst, serving.connect_timeout, name).await;
+                    }
+                    _ => {
+                        tracing::debug!(listener = %name, client = %conn.client, "not HTTP and no passthrough: closing")
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                return;
+            }
+        }
+    }
+    let io = TokioIo::new(detect::Rewind::new(prefix, stream));
+    let requests = state.clone();
+    let service = service_fn(move |req| {
+        // Each request sees the config snapshot current when it arrives.
+        let state = requests.load_full();
+        async move { Ok::<_, Infallible>(proxy::handle(state, conn, req).await) }
+    });
+    let http = serving.builder.serve_connection(io, service);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        res = http.as_mut() => res,
+        _ = stop.changed() => {
+            http.as_mut().graceful_shutdown();
+            http.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+        // hyper answered a request head it could not parse with a bare 400;
+        // count it with the proxy's other bad requests.
+        let parse_error = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
+        if parse_error {
+            state
+                .load()
+                .metrics
+                .proxy_error(crate::error::ErrorKind::BadRequest);
+        }
     }
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
+    /// `skiff_config_reloads_total{result="success"}`.
+    pub reloads_success: IntCounter,
+    /// `skiff_config_reloads_total{result="failure"}`.
+    pub reloads_failure: IntCounter,
 }
 
 impl Metrics {
@@ -115,6 +119,13 @@ impl Metrics {
             "Requests refused by a circuit-breaker cap.",
             &["cluster"],
         )?;
+        let reloads = counter(
+            "skiff_config_reloads_total",
+            "Config reloads, by result.",
+            &["result"],
+        )?;
+        let reloads_success = reloads.with_label_values(&["success"]);
+        let reloads_failure = reloads.with_label_values(&["failure"]);
         registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(dns_resolutions.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
@@ -136,6 +147,8 @@ impl Metrics {
             retries_skipped,
             outlier_ejections,
             overflow,
+            reloads_success,
+            reloads_failure,
         })
     }
 

@@ -36,24 +36,6 @@ const NOT_YET_TOP_LEVEL: &[NotYet<Draft>] = &[NotYet {
 
 const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
     NotYet {
-        key: "transparent",
-        what: "`transparent: true`",
-        used: |l| l.transparent,
-        hint: "bind the address the app calls (e.g. 127.0.0.1:15001) instead of redirecting with iptables",
-    },
-    NotYet {
-        key: "passthrough",
-        what: "`passthrough: true`",
-        used: |l| l.passthrough,
-        hint: "remove it; requests for unknown authorities get 404",
-    },
-    NotYet {
-        key: "opaque_ports",
-        what: "`opaque_ports`",
-        used: |l| !l.opaque_ports.is_empty(),
-        hint: "remove it; only HTTP is proxied for now",
-    },
-    NotYet {
         key: "tls",
         what: "listener `tls`",
         used: |l| l.tls.is_some(),
@@ -196,6 +178,7 @@ impl Rules<'_> {
         for (i, l) in &d.listeners {
             let base = format!("listeners[{i}]");
             self.not_yet(NOT_YET_LISTENER, l, &base);
+            self.interception(l, &base);
             self.name(
                 &format!("{base}.name"),
                 &l.name,

@@ -2,7 +2,7 @@
 //! and the panic threshold.
 
 use super::Rules;
-use crate::config::model::{Cluster, Route};
+use crate::config::model::{Cluster, Listener, Route};
 use crate::resilience::policy::check_conditions;
 
 /// Most tries a route may ask for: more only lengthens an outage.
@@ -11,6 +11,28 @@ const MAX_ATTEMPTS: u32 = 10;
 const MAX_REPLAY_BYTES: usize = 16 * 1024 * 1024;
 
 impl Rules<'_> {
+    /// `passthrough` and `opaque_ports` act on the original destination,
+    /// which only a transparent listener knows.
+    pub(super) fn interception(&mut self, l: &Listener, base: &str) {
+        if l.transparent {
+            return;
+        }
+        if l.passthrough {
+            let message = "`passthrough: true` forwards to the original destination, which only a `transparent: true` listener knows";
+            self.value(&format!("{base}.passthrough"), message.into());
+        }
+        if !l.opaque_ports.is_empty() {
+            let message = "`opaque_ports` are ports of the original destination, which only a `transparent: true` listener knows";
+            self.value(&format!("{base}.opaque_ports"), message.into());
+        }
+        if let Some(0) = l.opaque_ports.iter().copied().find(|p| *p == 0) {
+            self.value(
+                &format!("{base}.opaque_ports"),
+                "port 0 is not a port".into(),
+            );
+        }
+    }
+
     pub(super) fn retry(&mut self, route: &Route, base: &str) {
         let Some(r) = &route.retry else { return };
         let base = format!("{base}.retry");

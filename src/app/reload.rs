@@ -1,0 +1,150 @@
+//! Hot reload: the config file is re-read when it changes and on SIGHUP.
+//!
+//! The file is polled, not watched by inode: a Kubernetes ConfigMap volume
+//! replaces the file by swapping a `..data` symlink, which inode watches
+//! miss. Reading a few KB once a second costs nothing.
+//!
+//! A new config is validated and built next to the running one; new
+//! listener sockets are bound first, so a config that cannot be applied
+//! changes nothing. Then each listener's state is swapped: requests in flight
+//! finish on the state they started with, the next request sees the new one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::snapshot::Snapshot;
+use super::{bind_listener, start_listener, Running};
+use crate::access_log::AccessLog;
+use crate::admin::AdminState;
+use crate::config;
+use crate::metrics::Metrics;
+
+const POLL: Duration = Duration::from_secs(1);
+
+/// Says when to reload: the file's content changed, or SIGHUP came.
+pub struct Trigger {
+    path: Option<PathBuf>,
+    last: Option<Vec<u8>>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Trigger {
+    pub fn new(path: Option<&Path>) -> Self {
+        Trigger {
+            last: path.and_then(|p| std::fs::read(p).ok()),
+            path: path.map(Path::to_path_buf),
+            #[cfg(unix)]
+            hangup: path.and_then(|_| {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+            }),
+        }
+    }
+
+    /// The path to reload from, when it is time; pending forever without a path.
+    pub async fn next(&mut self) -> Option<PathBuf> {
+        let path = self.path.clone()?;
+        loop {
+            #[cfg(unix)]
+            {
+                let hangup = async {
+                    match &mut self.hangup {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = hangup => {
+                        tracing::info!(config = %path.display(), "SIGHUP: reloading");
+                        self.last = std::fs::read(&path).ok();
+                        return Some(path);
+                    }
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+            #[cfg(not(unix))]
+            tokio::time::sleep(POLL).await;
+            let now = std::fs::read(&path).ok();
+            if now.is_some() && now != self.last {
+                tracing::info!(config = %path.display(), "config file changed: reloading");
+                self.last = now;
+                return Some(path);
+            }
+        }
+    }
+}
+
+/// Load, validate and apply the config at `path`; on any error keep the
+/// running config and say why.
+pub async fn apply(
+    path: &Path,
+    snapshot: &mut Snapshot,
+    running: &mut Vec<Running>,
+    admin: &AdminState,
+    metrics: &Metrics,
+    access_log: &Option<Arc<AccessLog>>,
+) {
+    let refuse = |why: &str| {
+        metrics.reloads_failure.inc();
+        tracing::warn!(config = %path.display(), reason = why, "config reload refused; the running config stays");
+    };
+    let config = match config::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::warn!(error = %e, "invalid config");
+            }
+            return refuse(&format!("{} error(s) in the file", errors.0.len()));
+        }
+    };
+    // Listeners are known by address: same address, same socket.
+    let mut fresh = Vec::new();
+    for l in &config.listeners {
+        if !running.iter().any(|r| r.address == l.address) {
+            match bind_listener(l) {
+                Ok(b) => fresh.push(b),
+                Err(e) => {
+                    return refuse(&format!(
+                        "{e}: {}",
+                        e.source().map(|s| s.to_string()).unwrap_or_default()
+                    ))
+                }
+            }
+        }
+    }
+    let next = match Snapshot::build(config, metrics, access_log, Some(snapshot)) {
+        Ok(n) => n,
+        Err(e) => return refuse(&e.to_string()),
+    };
+
+    let mut kept = Vec::new();
+    for mut r in running.drain(..) {
+        match next.listeners.iter().find(|(c, _)| c.address == r.address) {
+            Some((c, state)) => {
+                r.state.store(state.clone());
+                r.direction = c.direction;
+                r.name = c.name.clone();
+                kept.push(r);
+            }
+            None => {
+                tracing::info!(listener = %r.name, address = %r.addr, "listener removed; finishing its requests");
+                let _ = r.stop.send(true);
+            }
+        }
+    }
+    for b in fresh {
+        if let Some((c, state)) = next.listeners.iter().find(|(c, _)| c.address == b.address) {
+            kept.push(start_listener(b, c.direction, state.clone()));
+        }
+    }
+    *running = kept;
+    admin.config.store(next.config.clone());
+    admin.clusters.store(Arc::new(next.cluster_list()));
+    // Dropping the old snapshot stops the tasks of clusters not carried over.
+    *snapshot = next;
+    metrics.reloads_success.inc();
+    tracing::info!(config = %path.display(), "config reloaded");
+}
+
+use std::error::Error as _;

@@ -1,0 +1,164 @@
+//! The runtime state built from one config: clusters and, per listener, the
+//! state its requests read. A reload builds a new snapshot next to the old
+//! one, reusing every cluster whose config did not change (its pools,
+//! health and ejections survive), and swaps it in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::BuildError;
+use crate::access_log::AccessLog;
+use crate::cluster::discovery::{self, dns::DnsResolver};
+use crate::cluster::passthrough::Passthrough;
+use crate::cluster::Cluster;
+use crate::config::{self, Config};
+use crate::listener::{self, Serving};
+use crate::metrics::Metrics;
+use crate::proxy::{ListenerState, Target};
+use crate::resilience::health::{self, HealthCheck};
+use crate::router::Router;
+
+/// A cluster and its background tasks (discovery, health checks), which
+/// stop when the handle is dropped.
+pub struct ClusterHandle {
+    pub cluster: Arc<Cluster>,
+    pub config: config::Cluster,
+    _stop: watch::Sender<bool>,
+}
+
+impl ClusterHandle {
+    fn start(
+        cfg: &config::Cluster,
+        metrics: &Metrics,
+        resolver: &Option<Arc<DnsResolver>>,
+    ) -> Self {
+        let cluster = Arc::new(Cluster::from_config(cfg, metrics));
+        let (stop, stop_rx) = watch::channel(false);
+        if let Some(resolver) = resolver {
+            discovery::start(cluster.clone(), cfg, resolver, stop_rx.clone());
+        }
+        if let Some(hc) = &cfg.health_check {
+            tokio::spawn(health::run(
+                cluster.clone(),
+                HealthCheck::from_config(hc),
+                stop_rx,
+            ));
+        }
+        ClusterHandle {
+            cluster,
+            config: cfg.clone(),
+            _stop: stop,
+        }
+    }
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub clusters: HashMap<String, Arc<ClusterHandle>>,
+    /// Per listener (in config order): its config and request state.
+    pub listeners: Vec<(config::Listener, Arc<ListenerState>)>,
+}
+
+impl Snapshot {
+    /// Build the state of `config`, reusing `old`'s unchanged clusters.
+    /// Background tasks start here, so call it inside the runtime.
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        access_log: &Option<Arc<AccessLog>>,
+        old: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
+        let needs_dns = config.clusters.iter().any(|c| c.dns.is_some());
+        let resolver_changed = old.is_none_or(|o| {
+            serde_json::to_value(&o.config.resolver).ok()
+                != serde_json::to_value(&config.resolver).ok()
+        });
+        let resolver = if needs_dns {
+            Some(Arc::new(
+                DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
+            ))
+        } else {
+            None
+        };
+        let mut clusters = HashMap::new();
+        for c in &config.clusters {
+            let reused = old
+                .and_then(|o| o.clusters.get(&c.name))
+                .filter(|_| !(c.dns.is_some() && resolver_changed))
+                .filter(|h| same(&h.config, c))
+                .cloned();
+            let handle =
+                reused.unwrap_or_else(|| Arc::new(ClusterHandle::start(c, metrics, &resolver)));
+            clusters.insert(c.name.clone(), handle);
+        }
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            listeners.push((
+                l.clone(),
+                Arc::new(listener_state(l, &clusters, metrics, access_log)?),
+            ));
+        }
+        Ok(Snapshot {
+            config: Arc::new(config),
+            clusters,
+            listeners,
+        })
+    }
+
+    /// The clusters, sorted by name, for the admin endpoints.
+    pub fn cluster_list(&self) -> Vec<Arc<Cluster>> {
+        let mut v: Vec<Arc<Cluster>> = self.clusters.values().map(|h| h.cluster.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+fn same(a: &config::Cluster, b: &config::Cluster) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+fn listener_state(
+    l: &config::Listener,
+    clusters: &HashMap<String, Arc<ClusterHandle>>,
+    metrics: &Metrics,
+    access_log: &Option<Arc<AccessLog>>,
+) -> Result<ListenerState, BuildError> {
+    let mut per_cluster: HashMap<String, Target> = HashMap::new();
+    let router = Router::build(l, |name| {
+        if let Some(t) = per_cluster.get(name) {
+            return Some(t.clone());
+        }
+        let t = Target {
+            cluster: clusters.get(name)?.cluster.clone(),
+            metrics: Arc::new(metrics.route(&l.name, name)),
+        };
+        per_cluster.insert(name.to_owned(), t.clone());
+        Some(t)
+    })
+    .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
+    let passthrough = if l.transparent && l.passthrough {
+        Passthrough::new(&l.name, metrics)
+    } else {
+        None
+    };
+    Ok(ListenerState {
+        name: l.name.as_str().into(),
+        router,
+        metrics: metrics.listener(&l.name),
+        unrouted: Arc::new(metrics.route(&l.name, "")),
+        access_log: access_log.clone(),
+        max_header_bytes: l.limits.max_header_bytes,
+        stream_idle_timeout: l.limits.stream_idle_timeout.get(),
+        serving: Arc::new(Serving {
+            builder: listener::http_builder(&l.limits, l.protocol),
+            transparent: l.transparent,
+            passthrough: l.passthrough,
+            opaque_ports: l.opaque_ports.clone(),
+            detect_timeout: l.limits.detect_timeout.get(),
+            connect_timeout: std::time::Duration::from_secs(1),
+        }),
+        passthrough,
+    })
+}
