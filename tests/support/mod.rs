@@ -17,6 +17,7 @@ pub mod dns;
 pub mod echo_pb;
 pub mod eventually;
 pub mod faults;
+pub mod flaky;
 pub mod grpc_backend;
 pub mod http_backend;
 pub mod http_client;
