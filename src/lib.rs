@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod iptables;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -18,7 +18,7 @@ macro_rules! out {
 }
 
 mod cli;
-use cli::{Cli, Command, RouteArgs};
+use cli::{Cli, Command, IptablesArgs, RouteArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run(&a.config),
         Command::Validate(a) => return validate(&a.config),
         Command::Route(a) => route(&a),
+        Command::Iptables(a) => iptables(&a),
         Command::Schema => serde_json::to_string_pretty(&config::json_schema())
             .map(|s| out!("{s}"))
             .context("printing the schema"),
@@ -253,6 +254,42 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "no listener named {:?}",
             a.listener.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn iptables(a: &IptablesArgs) -> anyhow::Result<()> {
+    use skiff::iptables as ipt;
+    let o = a.options();
+    let steps = if a.clean {
+        ipt::clean_plan(&o)
+    } else {
+        ipt::install_plan(&o)?
+    };
+    if a.dry_run {
+        out!(
+            "# skiff iptables{}: nat table, run as root with CAP_NET_ADMIN",
+            if a.clean { " --clean" } else { "" }
+        );
+        for s in &steps {
+            out!("{}", s.shell());
+        }
+        return Ok(());
+    }
+    let mut system = ipt::System;
+    ipt::preflight(&o.families(), &mut system)?;
+    ipt::apply(&steps, &mut system)?;
+    if a.clean {
+        ipt::verify_clean(&o.families(), &mut system)?;
+        tracing::info!("interception rules removed");
+    } else {
+        tracing::info!(
+            rules = steps.len(),
+            outbound_port = o.outbound_port,
+            inbound_port = o.inbound_port,
+            proxy_uid = o.proxy_uid,
+            "interception rules installed"
         );
     }
     Ok(())
