@@ -171,17 +171,20 @@ pub async fn handle(
     let tries = policy.as_ref().map_or(1, |p| p.attempts);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut head = Some(parts);
+    // One max_requests slot for the whole request, kept across its retries:
+    // a retry must not turn the app's answer into an overflow.
+    let Some(permit) = cluster.limits.request() else {
+        cluster.metrics.overflow.inc();
+        let what = format!(
+            "cluster {} has {} requests in flight, its limit",
+            cluster.name, cluster.limits.max_requests
+        );
+        return ex.fail(ProxyError::new(ErrorKind::Overflow, what));
+    };
+    ex.permit = Some(permit);
     loop {
         ex.attempts += 1;
         let attempt = ex.attempts;
-        let Some(permit) = cluster.limits.request() else {
-            cluster.metrics.overflow.inc();
-            let what = format!(
-                "cluster {} has {} requests in flight, its limit",
-                cluster.name, cluster.limits.max_requests
-            );
-            return ex.fail(ProxyError::new(ErrorKind::Overflow, what));
-        };
         let picked = fixed_endpoint.clone().or_else(|| {
             head.as_ref()
                 .and_then(|h| cluster.pick_avoiding(&h.headers, &tried))
@@ -279,7 +282,12 @@ pub async fn handle(
         if outcome.is_failure() {
             endpoint.record_failure();
         }
-        cluster.report(&endpoint, outcome.is_failure());
+        // A gRPC status that only the trailers will tell is reported when the stream ends.
+        let status_in_trailers = ex.grpc && outcome == Outcome::Response(200, None);
+        if !status_in_trailers {
+            cluster.report(&endpoint, outcome.is_failure());
+        }
+        ex.report_at_end = status_in_trailers;
 
         // Try again?
         let out_of_time = ex.deadline.is_some_and(|d| Instant::now() >= d);
@@ -296,7 +304,7 @@ pub async fn handle(
                     cluster.metrics.retry_budget_exhausted.inc();
                 } else {
                     cluster.metrics.retries.inc();
-                    drop((result, in_flight, permit));
+                    drop((result, in_flight));
                     let wait = p.backoff(attempt);
                     let wait = left.map_or(wait, |l| wait.min(l));
                     tokio::time::sleep(wait).await;
@@ -307,7 +315,6 @@ pub async fn handle(
 
         // This answer stands.
         ex.in_flight = Some(in_flight);
-        ex.permit = Some(permit);
         let mut resp = match result {
             Ok(resp) => resp,
             Err(TryError::Timeout | TryError::Idle) => {
@@ -433,6 +440,9 @@ struct Exchange {
     in_flight: Option<InFlight>,
     /// The cluster's max_requests slot, held until the response stream ends.
     permit: Option<Permit>,
+    /// Report the try to outlier detection when the stream ends (its gRPC
+    /// status comes in the trailers).
+    report_at_end: bool,
     attempts: u32,
     log: Option<LogFields>,
 }
@@ -481,6 +491,7 @@ impl Exchange {
             bytes_in: Arc::new(AtomicU64::new(0)),
             in_flight: None,
             permit: None,
+            report_at_end: false,
             attempts: 0,
             log,
         }
@@ -560,6 +571,19 @@ impl OnStreamEnd for Completion {
             }
             _ => grpc_status,
         };
+        if ex.report_at_end {
+            // The client leaving or the deadline passing says nothing about the endpoint.
+            let failed = match end.outcome {
+                StreamOutcome::Complete => {
+                    Some(Outcome::Response(status, grpc_status).is_failure())
+                }
+                StreamOutcome::UpstreamError => Some(true),
+                _ => None,
+            };
+            if let (Some(failed), Some(t), Some(f)) = (failed, &ex.target, &ex.in_flight) {
+                t.cluster.report(f.endpoint(), failed);
+            }
+        }
         let metrics = ex
             .target
             .as_ref()

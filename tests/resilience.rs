@@ -1057,7 +1057,6 @@ async fn grpc_unavailable_trailers_only_counts_toward_ejection() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: outlier detection reads grpc-status only from the response head; a status in trailers never counts as a failure"]
 async fn grpc_unavailable_in_trailers_after_a_head_counts_toward_ejection() -> anyhow::Result<()> {
     grpc_failures_eject(Failure::GrpcAfterHeaders(UNAVAILABLE, Duration::ZERO)).await
 }
