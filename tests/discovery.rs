@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use support::body::{self, TestBody};
 use support::dns::{Behaviour, DnsServer, Srv};
 use support::http_backend::HttpBackend;
-use support::http_client::{grpc_request, header_str, HttpClient};
+use support::http_client::{grpc_request, header_str, http_get, HttpClient};
+use support::scratch::ScratchDir;
 use support::{eventually, metric_value, within, AbortOnDrop, Proto, Proxy};
 
 /// The service name the `web` cluster resolves.
@@ -201,8 +202,26 @@ impl Traffic {
             let t = self.tally();
             ensure!(
                 t.total >= start + n,
-                "{} of {n} more responses",
-                t.total - start
+                "{} of {n} more responses; {} failed, last: {:?}",
+                t.total - start,
+                t.failures.len(),
+                t.failures.last()
+            );
+            Ok(t)
+        })
+        .await
+    }
+
+    /// Wait until `n` more requests were answered, well or not (bounded).
+    async fn wait_attempts(&self, n: u64) -> anyhow::Result<Tally> {
+        let count = |t: &Tally| t.total + t.failures.len() as u64;
+        let start = count(&self.tally());
+        eventually(Duration::from_secs(20), || async {
+            let t = self.tally();
+            ensure!(
+                count(&t) >= start + n,
+                "{} of {n} more requests",
+                count(&t) - start
             );
             Ok(t)
         })
@@ -355,6 +374,65 @@ async fn wait_endpoints(proxy: &Proxy, want: &[&Replica], limit: Duration) -> an
 async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
     let text = proxy.metrics().await?;
     Ok(metric_value(&text, name, labels).unwrap_or(0.0))
+}
+
+/// A proxy run from a config file it reloads when the file changes (the
+/// in-process harness starts from a string and never reloads).
+struct Reloading {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: ScratchDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Reloading {
+    async fn start(yaml: &str) -> anyhow::Result<Reloading> {
+        let dir = ScratchDir::new("discovery-reload")?;
+        let path = dir.write("skiff.yaml", yaml)?;
+        let config = skiff::config::load_file(&path)
+            .map_err(|e| anyhow!("config rejected: {e:?}\n{yaml}"))?;
+        let bound = skiff::app::build(config)
+            .await
+            .map_err(|e| anyhow!("build failed: {e}"))?
+            .reload_from(&path);
+        let addr = bound
+            .listener_addr("main")
+            .ok_or_else(|| anyhow!("no listener main"))?;
+        let admin = bound.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.run(async move {
+            let _ = rx.await;
+        }));
+        Ok(Reloading {
+            addr,
+            admin,
+            dir,
+            _shutdown: tx,
+        })
+    }
+
+    /// Write `yaml` over the file and wait until the proxy says it reloaded.
+    async fn reload(&self, yaml: &str) -> anyhow::Result<()> {
+        let count = || async {
+            let (_, _, text) = http_get(self.admin, "/metrics").await?;
+            anyhow::Ok(
+                metric_value(
+                    &text,
+                    "skiff_config_reloads_total",
+                    &[("result", "success")],
+                )
+                .unwrap_or(0.0),
+            )
+        };
+        let before = count().await?;
+        self.dir.write("skiff.yaml", yaml)?;
+        eventually(Duration::from_secs(10), || async {
+            let now = count().await?;
+            ensure!(now > before, "no successful reload yet");
+            Ok(())
+        })
+        .await
+    }
 }
 
 async fn dns_failures(proxy: &Proxy) -> anyhow::Result<f64> {
@@ -1268,4 +1346,73 @@ async fn a_ttl_longer_than_refresh_does_not_delay_the_next_lookup() -> anyhow::R
         .await
         .context("refresh: 1s must win over a TTL of 300s")?;
     Ok(())
+}
+
+/// A reload that changes a `dns:` cluster's settings must not drop its
+/// endpoints: the rebuilt cluster needs them before it takes traffic (Envoy
+/// "warms" a new cluster the same way). `dns_down`: DNS stops answering just
+/// before the reload; else it answers, 300ms late.
+async fn reload_keeps_a_dns_cluster_serving(dns_down: bool) -> anyhow::Result<()> {
+    let r = replicas(1).await?;
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(1);
+    dns.set_a(NAME, &[r[0].v4()]);
+    let port = r[0].addr.port();
+    let before = yaml(
+        &dns,
+        &format!("dns: {{ name: {NAME}, port: {port}, refresh: 1s }}"),
+        None,
+        "",
+    );
+    let after = yaml(
+        &dns,
+        &format!("dns: {{ name: {NAME}, port: {port}, refresh: 2s }}"),
+        None,
+        "",
+    );
+    let proxy = Reloading::start(&before).await?;
+    eventually(Duration::from_secs(15), || async {
+        let (status, _, body) = http_get(proxy.admin, "/ready").await?;
+        ensure!(status == 200, "/ready: {status} {body}");
+        Ok(())
+    })
+    .await?;
+    let traffic = Traffic::start(proxy.addr);
+    traffic.wait_more(50).await?;
+
+    if dns_down {
+        // The running cluster keeps its endpoints through the outage...
+        dns.set_behaviour(Behaviour::Silent);
+    } else {
+        dns.set_delay(Duration::from_millis(300));
+    }
+    proxy.reload(&after).await?;
+    // ...and so must the one the reload builds.
+    traffic.wait_attempts(200).await?;
+    let t = traffic.stop().await;
+    assert!(
+        t.failures.is_empty(),
+        "a reload changing `refresh` (DNS {}): {} of {} requests failed; first: {:?}",
+        if dns_down {
+            "down"
+        } else {
+            "answering 300ms late"
+        },
+        t.failures.len(),
+        t.total + t.failures.len() as u64,
+        t.failures.iter().take(3).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a reload rebuilds a changed dns: cluster empty and routes to it before its first answer (503 no_healthy_upstream)"]
+async fn a_reload_changing_a_dns_cluster_drops_no_request() -> anyhow::Result<()> {
+    reload_keeps_a_dns_cluster_serving(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a reload during a DNS outage replaces a changed dns: cluster with an empty one (503 until DNS answers)"]
+async fn a_reload_during_a_dns_outage_keeps_the_last_endpoints() -> anyhow::Result<()> {
+    reload_keeps_a_dns_cluster_serving(true).await
 }

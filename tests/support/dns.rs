@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
@@ -71,6 +72,8 @@ struct Zone {
     ttl: u32,
     behaviour: Behaviour,
     srv_glue: bool,
+    /// How long every answer waits before it is sent.
+    delay: Duration,
     /// Queries received per name, whatever the behaviour.
     queries: HashMap<String, u64>,
     /// Queries that came over TCP.
@@ -102,6 +105,7 @@ impl DnsServer {
             ttl: DEFAULT_TTL,
             behaviour: Behaviour::Answer,
             srv_glue: true,
+            delay: Duration::ZERO,
             queries: HashMap::new(),
             tcp_queries: 0,
         }));
@@ -112,8 +116,20 @@ impl DnsServer {
         let udp_task = AbortOnDrop::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
-                if let Some(reply) = respond(&z, &buf[..n], true) {
-                    let _ = udp.send_to(&reply, peer).await;
+                let Some(reply) = respond(&z, &buf[..n], true) else {
+                    continue;
+                };
+                match delay_of(&z) {
+                    Duration::ZERO => {
+                        let _ = udp.send_to(&reply, peer).await;
+                    }
+                    d => {
+                        let udp = udp.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = udp.send_to(&reply, peer).await;
+                        });
+                    }
                 }
             }
         });
@@ -193,6 +209,11 @@ impl DnsServer {
         self.zone().behaviour = b;
     }
 
+    /// Send every answer this late (a slow or far DNS server); zero by default.
+    pub fn set_delay(&self, d: Duration) {
+        self.zone().delay = d;
+    }
+
     /// Whether SRV answers carry their targets' addresses (default true).
     pub fn set_srv_glue(&self, glue: bool) {
         self.zone().srv_glue = glue;
@@ -207,6 +228,10 @@ impl DnsServer {
     pub fn queries(&self, name: &str) -> u64 {
         self.zone().queries.get(&key(name)).copied().unwrap_or(0)
     }
+}
+
+fn delay_of(zone: &Mutex<Zone>) -> Duration {
+    zone.lock().map(|z| z.delay).unwrap_or_default()
 }
 
 /// `name` as the zone keys it: lower case, no trailing dot.
@@ -242,6 +267,7 @@ async fn serve_tcp(mut stream: TcpStream, zone: Arc<Mutex<Zone>>) {
         let Some(reply) = respond(&zone, &query, false) else {
             continue;
         };
+        tokio::time::sleep(delay_of(&zone)).await;
         let Ok(n) = u16::try_from(reply.len()) else {
             return;
         };
