@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 
 use support::body::{self, TestBody};
 use support::dns::DnsServer;
-use support::http_client::{header_str, HttpClient};
-use support::{eventually, AbortOnDrop, Proto, Proxy};
+use support::http_client::{header_str, http_get, HttpClient};
+use support::scratch::ScratchDir;
+use support::{eventually, metric_value, AbortOnDrop, Proto, Proxy};
 
 // ---------------------------------------------------------------- replicas
 
@@ -475,5 +476,110 @@ async fn ring_hash_maps_keys_alike_in_every_proxy_whatever_the_endpoint_order() 
         used.insert(a);
     }
     assert_eq!(used.len(), 4, "100 keys over 4 replicas used only {used:?}");
+    Ok(())
+}
+
+/// A proxy run from a config file it reloads when the file changes.
+struct Reloading {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: ScratchDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Reloading {
+    async fn start(yaml: &str) -> anyhow::Result<Reloading> {
+        let dir = ScratchDir::new("balancing-reload")?;
+        let path = dir.write("skiff.yaml", yaml)?;
+        let config = skiff::config::load_file(&path)
+            .map_err(|e| anyhow!("config rejected: {e:?}\n{yaml}"))?;
+        let bound = skiff::app::build(config)
+            .await
+            .map_err(|e| anyhow!("build failed: {e}"))?
+            .reload_from(&path);
+        let addr = bound
+            .listener_addr("main")
+            .ok_or_else(|| anyhow!("no listener main"))?;
+        let admin = bound.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.run(async move {
+            let _ = rx.await;
+        }));
+        Ok(Reloading {
+            addr,
+            admin,
+            dir,
+            _shutdown: tx,
+        })
+    }
+
+    /// Write `yaml` over the file and wait until the proxy says it reloaded.
+    async fn reload(&self, yaml: &str) -> anyhow::Result<()> {
+        let count = || async {
+            let (_, _, text) = http_get(self.admin, "/metrics").await?;
+            anyhow::Ok(
+                metric_value(
+                    &text,
+                    "skiff_config_reloads_total",
+                    &[("result", "success")],
+                )
+                .unwrap_or(0.0),
+            )
+        };
+        let before = count().await?;
+        self.dir.write("skiff.yaml", yaml)?;
+        eventually(Duration::from_secs(10), || async {
+            let now = count().await?;
+            ensure!(now > before, "no successful reload yet");
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_moves_only_the_keys_of_an_endpoint_removed_from_the_config() -> anyhow::Result<()>
+{
+    const KEYS: usize = 400;
+    let r = replicas(4).await?;
+    let extra = "hash_header: x-user-id\n";
+    let all: Vec<(&Replica, u32)> = r.iter().map(|x| (x, 1)).collect();
+    let proxy = Reloading::start(&static_yaml("ring_hash", &all, extra)).await?;
+    let mut c = HttpClient::connect(proxy.addr, Proto::H2).await?;
+    let keys: Vec<String> = (0..KEYS).map(|u| format!("user-{u}")).collect();
+    let mut home = BTreeMap::<String, String>::new();
+    for k in &keys {
+        home.insert(k.clone(), get_as(&mut c, Some(k)).await?);
+    }
+
+    // r[1] leaves the endpoint list (not the last one: the order must not matter).
+    let leaving = &r[1];
+    let rest: Vec<(&Replica, u32)> = all
+        .iter()
+        .copied()
+        .filter(|(x, _)| x.id() != leaving.id())
+        .collect();
+    proxy
+        .reload(&static_yaml("ring_hash", &rest, extra))
+        .await?;
+    let mut moved = 0;
+    for k in &keys {
+        let now = get_as(&mut c, Some(k)).await?;
+        let was = &home[k];
+        if now != *was {
+            moved += 1;
+            assert_eq!(
+                *was,
+                leaving.id(),
+                "{k} moved from {was} to {now}, though {was} stayed"
+            );
+        }
+    }
+    let owned = home.values().filter(|h| **h == leaving.id()).count();
+    assert_eq!(moved, owned, "exactly the removed endpoint's keys move");
+    assert!(
+        (KEYS / 10..=KEYS * 2 / 5).contains(&moved),
+        "{moved} of {KEYS} keys moved when 1 of 4 endpoints left the config (want ~1/4)"
+    );
     Ok(())
 }
