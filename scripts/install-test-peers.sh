@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the peers the tests talk to: curl and h2load (nghttp2-client),
-# Python's grpcio, iptables and iproute2. Skips what is already there.
+# Python's grpcio and kubernetes-validate, iptables and iproute2. Skips what
+# is already there.
 set -euo pipefail
 
 need=()
@@ -29,4 +30,11 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages grpcio \
     || echo "warning: cannot install grpcio; the grpcio tests will be skipped" >&2
+fi
+
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing Python kubernetes-validate (the manifests' schema check)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate \
+    || echo "warning: cannot install kubernetes-validate; the manifest schema test will be skipped" >&2
 fi
