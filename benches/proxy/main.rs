@@ -125,21 +125,32 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let taskset = targets::find_program("taskset");
-    let pin = !args.no_pin && cpus >= 2 && taskset.is_some() && args.backend_only.is_empty();
-    if pin && std::env::var_os(PINNED_ENV).is_none() {
-        // Run again on the load CPU: this process holds the load generator
-        // and the backend.
+    // Once re-executed on the load CPU this process sees one CPU; the
+    // environment says it was pinned on purpose.
+    let already_pinned = std::env::var_os(PINNED_ENV).is_some();
+    let pin = !args.no_pin
+        && (cpus >= 2 || already_pinned)
+        && taskset.is_some()
+        && args.backend_only.is_empty();
+    if pin && !already_pinned {
+        // Become this same program on the load CPU (exec: same process, so
+        // signals reach it): it holds the load generator and the backend.
+        use std::os::unix::process::CommandExt;
         let taskset = taskset.as_deref().context("taskset")?;
-        let status = Command::new(taskset)
+        let err = Command::new(taskset)
             .arg("-c")
             .arg(LOAD_CPU)
             .arg(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
             .env(PINNED_ENV, LOAD_CPU)
-            .status()?;
-        std::process::exit(status.code().unwrap_or(1));
+            .exec();
+        return Err(err).context("re-executing under taskset");
     }
-    if !pin && args.backend_only.is_empty() {
+    if pin {
+        println!(
+            "pinned: proxies on CPU {PROXY_CPU}, load generator and backend on CPU {LOAD_CPU}"
+        );
+    } else if args.backend_only.is_empty() {
         println!(
             "not pinning to CPUs ({})",
             if args.no_pin {
@@ -167,7 +178,30 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, run(args, settings))
+    // On Ctrl-C or SIGTERM the run is dropped, and with it the proxies it started.
+    local.block_on(&runtime, async {
+        tokio::select! {
+            result = run(args, settings) => result,
+            // Leaving the select drops the run, which stops the proxies.
+            () = interrupted() => Err(anyhow::anyhow!("interrupted; proxies stopped")),
+        }
+    })
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 fn secs(s: f64) -> Duration {
