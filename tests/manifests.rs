@@ -588,6 +588,61 @@ fn the_podmonitor_selects_every_skiff() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn images_are_the_ones_the_dockerfile_builds() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))?;
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let all = resources();
+    let mut images = BTreeSet::new();
+    for d in all.iter().filter(|r| r.kind() == "Deployment") {
+        for c in containers(&d.doc["spec"]["template"]["spec"]).values() {
+            let image = c.spec["image"].as_str().unwrap_or_default();
+            images.insert(image.rsplit_once(':').map_or(image, |(i, _)| i).to_string());
+            // The shop image holds one binary per service, chosen by command.
+            if image.contains("/skiff-shop:") {
+                let command = strings(&c.spec["command"]);
+                let bin = command
+                    .first()
+                    .and_then(|c| c.rsplit('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                assert!(
+                    dockerfile.contains(&format!("--example {bin} "))
+                        || dockerfile.contains(&format!("--example {bin}\n")),
+                    "{}: {bin:?} is not built by the Dockerfile's shop stage",
+                    d.what()
+                );
+                assert!(
+                    cargo.contains(&format!("name = \"{bin}\"")),
+                    "{}: no example {bin:?} in Cargo.toml",
+                    d.what()
+                );
+            }
+        }
+    }
+    let k: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        deploy_dir().join("kustomization.yaml"),
+    )?)?;
+    let listed: BTreeSet<String> = k["images"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        images, listed,
+        "images in the Deployments vs kustomization.yaml images:"
+    );
+    for (target, image) in [("init", "skiff-init"), ("shop", "skiff-shop")] {
+        assert!(
+            dockerfile.contains(&format!(" AS {target}\n")),
+            "no `--target {target}` stage for {image}"
+        );
+    }
+    Ok(())
+}
+
 fn peers_required() -> bool {
     std::env::var("SKIFF_REQUIRE_PEERS").is_ok_and(|v| v == "1")
 }
