@@ -46,8 +46,9 @@ const V4_RULES: [&str; 12] = [
     "-A SKIFF_OUTPUT -p tcp -j SKIFF_OUT_REDIRECT",
 ];
 
-/// TCP servers that greet each connection with "<name> <port>", and a
-/// client that prints the greeting it gets (optionally as another UID).
+/// TCP servers (on `[host:]port`) that greet each connection with
+/// "<name> <port>", and a client that prints the greeting it gets
+/// (optionally as another UID).
 const PY: &str = r#"
 import encodings.idna, os, socket, sys, threading  # idna: loaded before setuid
 mode = sys.argv[1]
@@ -59,10 +60,11 @@ if mode == "serve":
             c.sendall(f"{name} {port}\n".encode())
             c.close()
     socks = []
-    for p in sys.argv[3:]:
+    for a in sys.argv[3:]:
+        host, _, p = a.rpartition(":")
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", int(p)))
+        s.bind((host or "0.0.0.0", int(p)))
         s.listen(16)
         socks.append(s)
         threading.Thread(target=serve, args=(s, p), daemon=True).start()
@@ -254,8 +256,9 @@ fn iptables_in_a_network_namespace() -> anyhow::Result<()> {
         }
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
     }
-    // The pod: its app on 8080 and sshd-like 22, the proxy's three ports.
-    let _pod_servers = pod.serve("pod", &["8080", "22", "15000", "15001", "15006"])?;
+    // The pod: its app on 8080 and sshd-like 22, the proxy's three ports,
+    // bound where deploy/ binds Skiff's (outbound on loopback only).
+    let _pod_servers = pod.serve("pod", &["8080", "22", "15000", "127.0.0.1:15001", "15006"])?;
     let _peer_servers = peer.serve("peer", &["80", "3306", "15000"])?;
     let untouched = eventually(|| {
         let got = pod.connect(PEER_IP, 80, 0)?;
