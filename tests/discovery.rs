@@ -744,7 +744,6 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: only the best SRV priority is read; when none of its targets resolves the cluster empties instead of using the next priority"]
 async fn srv_uses_the_next_priority_when_no_target_of_the_best_one_resolves() -> anyhow::Result<()>
 {
     // RFC 2782: a client tries the lowest-numbered priority it can reach. A
@@ -1406,13 +1405,11 @@ async fn reload_keeps_a_dns_cluster_serving(dns_down: bool) -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a reload rebuilds a changed dns: cluster empty and routes to it before its first answer (503 no_healthy_upstream)"]
 async fn a_reload_changing_a_dns_cluster_drops_no_request() -> anyhow::Result<()> {
     reload_keeps_a_dns_cluster_serving(false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a reload during a DNS outage replaces a changed dns: cluster with an empty one (503 until DNS answers)"]
 async fn a_reload_during_a_dns_outage_keeps_the_last_endpoints() -> anyhow::Result<()> {
     reload_keeps_a_dns_cluster_serving(true).await
 }

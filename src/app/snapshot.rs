@@ -33,8 +33,12 @@ impl ClusterHandle {
         cfg: &config::Cluster,
         metrics: &Metrics,
         resolver: &Option<Arc<DnsResolver>>,
+        seed: Option<Vec<(std::net::SocketAddr, u32)>>,
     ) -> Self {
         let cluster = Arc::new(Cluster::from_config(cfg, metrics));
+        if let Some(seed) = seed {
+            cluster.set_endpoints(seed);
+        }
         let (stop, stop_rx) = watch::channel(false);
         if let Some(resolver) = resolver {
             discovery::start(cluster.clone(), cfg, resolver, stop_rx.clone());
@@ -89,8 +93,15 @@ impl Snapshot {
                 .filter(|_| !(c.dns.is_some() && resolver_changed))
                 .filter(|h| same(&h.config, c))
                 .cloned();
-            let handle =
-                reused.unwrap_or_else(|| Arc::new(ClusterHandle::start(c, metrics, &resolver)));
+            let handle = reused.unwrap_or_else(|| {
+                // A rebuilt DNS cluster starts from the endpoints its
+                // predecessor knew, not empty, until its own first answer.
+                let seed = old
+                    .and_then(|o| o.clusters.get(&c.name))
+                    .filter(|prev| c.dns.is_some() && prev.cluster.is_discovered())
+                    .map(|prev| prev.cluster.endpoint_addrs());
+                Arc::new(ClusterHandle::start(c, metrics, &resolver, seed))
+            });
             clusters.insert(c.name.clone(), handle);
         }
         let mut listeners = Vec::new();

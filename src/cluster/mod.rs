@@ -170,6 +170,18 @@ impl Cluster {
         next.dedup_by_key(|(a, _)| *a);
         let _w = self.writer.lock();
         let current = self.endpoints.load();
+        let unchanged = self.is_discovered()
+            && current.all.len() == next.len()
+            && current
+                .all
+                .iter()
+                .zip(&next)
+                .all(|(e, (a, w))| e.addr == *a && e.weight() == (*w).max(1));
+        if unchanged {
+            // The same answer again: keep the balancer's state (smooth
+            // round robin's position, the hash ring) as it is.
+            return;
+        }
         let mut old: HashMap<SocketAddr, &Arc<Endpoint>> =
             current.all.iter().map(|e| (e.addr, e)).collect();
         let all: Vec<Arc<Endpoint>> = next
@@ -236,6 +248,16 @@ impl Cluster {
             endpoints,
             balancer,
         }));
+    }
+
+    /// Every endpoint's address and weight (to seed a rebuilt cluster).
+    pub fn endpoint_addrs(&self) -> Vec<(SocketAddr, u32)> {
+        self.endpoints
+            .load()
+            .all
+            .iter()
+            .map(|e| (e.addr, e.weight()))
+            .collect()
     }
 
     /// Every endpoint, available or not (for health checks and `/clusters`).

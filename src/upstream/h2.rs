@@ -125,7 +125,11 @@ impl Pool {
             wake: tokio::sync::Notify::new(),
             last_used: Mutex::new(Instant::now()),
         });
-        if let Ok(mut conns) = self.h2.conns.lock() {
+        if self.retired.load(Ordering::Acquire) {
+            // The endpoint left while this connection was being made: it
+            // carries this one stream, then closes.
+            conn.retired.store(true, Ordering::Release);
+        } else if let Ok(mut conns) = self.h2.conns.lock() {
             conns.push(conn.clone());
         }
         let (idle, addr) = (self.config.idle_timeout, self.addr);

@@ -148,41 +148,43 @@ impl DnsResolver {
                 _ => None,
             })
             .collect();
-        // Only the best (lowest) priority is used, as RFC 2782 asks.
-        let Some(best) = srvs.iter().map(|s| s.priority).min() else {
-            return Answer::Empty;
-        };
-        let mut eps = Vec::new();
-        for s in srvs.iter().filter(|s| s.priority == best) {
-            let weight = u32::from(s.weight.max(1));
-            // Addresses of the target from the additional section, else a lookup.
-            let mut ips: Vec<IpAddr> = lookup
-                .additionals()
-                .iter()
-                .filter(|r| r.name == s.target)
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect();
-            if ips.is_empty() {
-                match self.inner.lookup_ip(s.target.clone()).await {
-                    Ok(l) => ips.extend(l.iter()),
-                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
-                    Err(e) => return Answer::Failed(e.to_string()),
+        // The best (lowest) priority is used, as RFC 2782 asks; when none of
+        // its targets resolves, the next priority, and so on.
+        let mut priorities: Vec<u16> = srvs.iter().map(|s| s.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        for priority in priorities {
+            let mut eps = Vec::new();
+            for s in srvs.iter().filter(|s| s.priority == priority) {
+                let weight = u32::from(s.weight.max(1));
+                // Addresses of the target from the additional section, else a lookup.
+                let mut ips: Vec<IpAddr> = lookup
+                    .additionals()
+                    .iter()
+                    .filter(|r| r.name == s.target)
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect();
+                if ips.is_empty() {
+                    match self.inner.lookup_ip(s.target.clone()).await {
+                        Ok(l) => ips.extend(l.iter()),
+                        Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+                        Err(e) => return Answer::Failed(e.to_string()),
+                    }
                 }
+                eps.extend(
+                    ips.into_iter()
+                        .map(|ip| (SocketAddr::new(ip, s.port), weight)),
+                );
             }
-            eps.extend(
-                ips.into_iter()
-                    .map(|ip| (SocketAddr::new(ip, s.port), weight)),
-            );
+            if !eps.is_empty() {
+                return Answer::Endpoints(eps, Some(ttl));
+            }
         }
-        if eps.is_empty() {
-            Answer::Empty
-        } else {
-            Answer::Endpoints(eps, Some(ttl))
-        }
+        Answer::Empty
     }
 }
 
