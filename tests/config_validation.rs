@@ -377,3 +377,13 @@ clusters:
     assert_eq!(config.clusters[0].connect_timeout.to_string(), "250ms");
     assert_eq!(config.clusters[1].protocol, config::UpstreamProtocol::Http1);
 }
+
+#[test]
+fn a_passthrough_listener_needs_no_virtual_host() {
+    let yaml = "admin: { address: 127.0.0.1:15000 }\n\
+                listeners:\n  - name: outbound\n    address: 127.0.0.1:15001\n    \
+                transparent: true\n    passthrough: true\n    direction: outbound\n";
+    let config = skiff::config::load_str(yaml, "passthrough.yaml")
+        .unwrap_or_else(|e| panic!("a passthrough-only listener is valid: {e}"));
+    assert!(config.listeners[0].virtual_hosts.is_empty());
+}

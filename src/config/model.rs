@@ -150,6 +150,8 @@ pub struct Listener {
     /// Downstream connection limits; safe defaults when absent.
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Routing; may be empty on a transparent passthrough listener.
+    #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
     /// Not supported yet.
     #[serde(default)]

@@ -252,8 +252,10 @@ impl Rules<'_> {
     }
 
     fn virtual_hosts(&mut self, d: &Draft, l: &Listener, base: &str) {
-        if l.virtual_hosts.is_empty() {
-            let message = "a listener needs at least one virtual host".to_string();
+        // A passthrough listener may route nothing itself: everything goes
+        // to where it was going.
+        if l.virtual_hosts.is_empty() && !(l.transparent && l.passthrough) {
+            let message = "a listener needs at least one virtual host (or `transparent: true` with `passthrough: true`)".to_string();
             self.value(&format!("{base}.virtual_hosts"), message);
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
