@@ -1,7 +1,9 @@
 //! The sidecar's lifecycle, with the real binary where signals matter: the
 //! drain sequence on SIGTERM, `POST /drain` and `POST /shutdown`, and hot
 //! reload (a file renamed over the config, a ConfigMap `..data` symlink swap,
-//! SIGHUP) while a client runs at full speed.
+//! SIGHUP) while a client runs at full speed: nothing fails, a broken config
+//! changes nothing, listeners come and go, an unchanged cluster keeps its
+//! upstream connections.
 //!
 //! Durations are short (`drain.delay` 1 s, `drain.timeout` 10 s) so the suite
 //! stays quick; every wait is bounded.
@@ -1061,6 +1063,72 @@ async fn reload_adds_and_removes_listeners_and_an_unbindable_one_changes_nothing
     ensure!(
         get_status(main, "/api/x").await? == 200,
         "main, with the listener removed"
+    );
+    Ok(())
+}
+
+/// A TCP forwarder to `to` that counts the connections it accepted: the
+/// upstream connections a proxy opened.
+async fn counting_forwarder(
+    to: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Arc<AtomicU64>, support::AbortOnDrop)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    let task = support::AbortOnDrop::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut down, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    Ok((addr, accepted, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_connection_pool_of_an_unchanged_cluster() -> anyhow::Result<()> {
+    let backend = HttpBackend::start().await?;
+    let (upstream, accepted, _forwarder) = counting_forwarder(backend.addr()).await?;
+    let dir = ScratchDir::new("lifecycle-pool")?;
+    // HTTP/2 upstream: one multiplexed connection per endpoint.
+    let yaml = |v2: bool| reload_yaml(upstream, v2).replace("protocol: http1", "protocol: http2");
+    let config = dir.write("skiff.yaml", yaml(false))?;
+    let skiff = start(&config, &["main"]).await?;
+    let main = skiff.listener("main")?;
+    for i in 0..5 {
+        ensure!(
+            get_status(main, &format!("/api/{i}")).await? == 200,
+            "before the reload"
+        );
+    }
+    ensure!(
+        accepted.load(Ordering::SeqCst) == 1,
+        "{} upstream connections for 5 requests before any reload",
+        accepted.load(Ordering::SeqCst)
+    );
+
+    // A route added; the cluster is the same.
+    std::fs::write(&config, yaml(true))?;
+    wait_reloads(skiff.admin, "success", 1.0).await?;
+    for i in 0..5 {
+        ensure!(
+            get_status(main, &format!("/api/{i}")).await? == 200,
+            "after the reload"
+        );
+        ensure!(
+            get_status(main, &format!("/v2/{i}")).await? == 200,
+            "the new route"
+        );
+    }
+    ensure!(
+        accepted.load(Ordering::SeqCst) == 1,
+        "an unchanged cluster opened {} upstream connections across a reload: its pool was not kept",
+        accepted.load(Ordering::SeqCst)
     );
     Ok(())
 }
