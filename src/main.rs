@@ -86,34 +86,39 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         tracing::info!(config = %path.display(), worker_threads = threads, version = env!("CARGO_PKG_VERSION"), "starting");
+        let shutdown = shutdown_signal();
         let bound = skiff::app::build(config).await?.reload_from(path);
-        bound.run(shutdown_signal()).await?;
+        bound.run(shutdown).await?;
         Ok(())
     })
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first polled: call it before binding anything, so
+/// a signal that comes early drains instead of killing the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async move {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

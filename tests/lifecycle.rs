@@ -929,7 +929,6 @@ async fn sighup_reloads_the_config() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: src/app/reload.rs matches running listeners to the new config by address text, so two listeners on 127.0.0.1:0 both take the first one's routes"]
 async fn reload_keeps_each_listener_its_own_routes_when_ports_are_0() -> anyhow::Result<()> {
     let inside = HttpBackend::start().await?;
     let outside = HttpBackend::start().await?;

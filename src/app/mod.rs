@@ -82,7 +82,7 @@ pub struct Bound {
     access_log: Option<Arc<AccessLog>>,
     snapshot: Snapshot,
     listeners: Vec<BoundListener>,
-    config_path: Option<PathBuf>,
+    reloads: reload::Trigger,
 }
 
 impl Bound {
@@ -108,9 +108,10 @@ impl Bound {
     }
 
     /// Reload from `path` when it changes (watched; a ConfigMap's `..data`
-    /// symlink swap counts) and on SIGHUP.
+    /// symlink swap counts) and on SIGHUP, whose handler is installed now.
     pub fn reload_from(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config_path = Some(path.into());
+        let path: PathBuf = path.into();
+        self.reloads = reload::Trigger::new(Some(&path));
         self
     }
 
@@ -127,7 +128,7 @@ impl Bound {
             access_log,
             mut snapshot,
             listeners,
-            config_path,
+            mut reloads,
             ..
         } = self;
         let mut running: Vec<Running> = Vec::new();
@@ -148,7 +149,6 @@ impl Bound {
         ));
         tracing::info!("serving");
 
-        let mut reloads = reload::Trigger::new(config_path.as_deref());
         tokio::pin!(shutdown);
         let mut drained = false;
         loop {
@@ -323,7 +323,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         access_log,
         snapshot,
         listeners,
-        config_path: None,
+        reloads: reload::Trigger::new(None),
     })
 }
 

@@ -98,19 +98,45 @@ pub async fn apply(
             return refuse(&format!("{} error(s) in the file", errors.0.len()));
         }
     };
-    // Listeners are known by address: same address, same socket.
-    let mut fresh = Vec::new();
+    // Which running listener each new one continues: same name and address,
+    // else (a rename) the same fixed address. A `:0` address is never a
+    // match by itself: every `:0` listener has a socket of its own.
+    let mut claimed = vec![false; running.len()];
+    let mut continues: Vec<Option<usize>> = Vec::new();
     for l in &config.listeners {
-        if !running.iter().any(|r| r.address == l.address) {
+        let same = |r: &Running| r.address == l.address;
+        let found = running
+            .iter()
+            .enumerate()
+            .position(|(i, r)| !claimed[i] && r.name == l.name && same(r))
+            .or_else(|| {
+                let fixed = !l.address.ends_with(":0");
+                running
+                    .iter()
+                    .enumerate()
+                    .position(|(i, r)| fixed && !claimed[i] && same(r))
+            });
+        if let Some(i) = found {
+            claimed[i] = true;
+        }
+        continues.push(found);
+    }
+    // New sockets first: a listener that cannot be bound changes nothing.
+    let mut fresh = Vec::new();
+    for (l, found) in config.listeners.iter().zip(&continues) {
+        if found.is_none() {
             match bind_listener(l) {
-                Ok(b) => fresh.push(b),
+                Ok(b) => fresh.push(Some(b)),
                 Err(e) => {
-                    return refuse(&format!(
+                    let why = format!(
                         "{e}: {}",
                         e.source().map(|s| s.to_string()).unwrap_or_default()
-                    ))
+                    );
+                    return refuse(&why);
                 }
             }
+        } else {
+            fresh.push(None);
         }
     }
     let next = match Snapshot::build(config, metrics, access_log, Some(snapshot)) {
@@ -118,25 +144,25 @@ pub async fn apply(
         Err(e) => return refuse(&e.to_string()),
     };
 
+    let mut old: Vec<Option<Running>> = running.drain(..).map(Some).collect();
     let mut kept = Vec::new();
-    for mut r in running.drain(..) {
-        match next.listeners.iter().find(|(c, _)| c.address == r.address) {
-            Some((c, state)) => {
-                r.state.store(state.clone());
-                r.direction = c.direction;
-                r.name = c.name.clone();
-                kept.push(r);
+    for (((c, state), found), bound) in next.listeners.iter().zip(&continues).zip(fresh) {
+        match (found, bound) {
+            (Some(i), _) => {
+                if let Some(mut r) = old.get_mut(*i).and_then(Option::take) {
+                    r.state.store(state.clone());
+                    r.direction = c.direction;
+                    r.name = c.name.clone();
+                    kept.push(r);
+                }
             }
-            None => {
-                tracing::info!(listener = %r.name, address = %r.addr, "listener removed; finishing its requests");
-                let _ = r.stop.send(true);
-            }
+            (None, Some(b)) => kept.push(start_listener(b, c.direction, state.clone())),
+            (None, None) => {}
         }
     }
-    for b in fresh {
-        if let Some((c, state)) = next.listeners.iter().find(|(c, _)| c.address == b.address) {
-            kept.push(start_listener(b, c.direction, state.clone()));
-        }
+    for r in old.into_iter().flatten() {
+        tracing::info!(listener = %r.name, address = %r.addr, "listener removed; finishing its requests");
+        let _ = r.stop.send(true);
     }
     *running = kept;
     admin.config.store(next.config.clone());
