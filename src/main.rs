@@ -56,6 +56,7 @@ fn init_logging(cli: &Cli) {
     };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         b.json().flatten_event(true).with_current_span(false).init();
@@ -132,12 +133,15 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 .flat_map(|l| &l.virtual_hosts)
                 .map(|v| v.routes.len())
                 .sum();
+            let n = |count: usize, word: &str| {
+                format!("{count} {word}{}", if count == 1 { "" } else { "s" })
+            };
             out!(
-                "{}: valid ({} listeners, {} routes, {} clusters)",
+                "{}: valid ({}, {}, {})",
                 path.display(),
-                c.listeners.len(),
-                routes,
-                c.clusters.len()
+                n(c.listeners.len(), "listener"),
+                n(routes, "route"),
+                n(c.clusters.len(), "cluster")
             );
             ExitCode::SUCCESS
         }

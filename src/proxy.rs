@@ -205,10 +205,16 @@ pub async fn handle(
         let Some(mut parts) = parts else {
             return ex.fail(ProxyError::new(ErrorKind::BadRequest, "request head lost"));
         };
-        let try_deadline = match (ex.deadline, policy.as_ref().and_then(|p| p.per_try_timeout)) {
-            (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
-            (d, t) => d.or(t.map(|t| Instant::now() + t)),
+        let per_try = policy
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        let try_deadline = match (ex.deadline, per_try) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
         };
+        // The try ends before the request's own deadline: its end is a per-try timeout.
+        let capped_by_try = per_try.is_some_and(|t| ex.deadline.is_none_or(|d| t < d));
         if let (Some(d), true) = (try_deadline, ex.grpc) {
             let left = d.saturating_duration_since(Instant::now());
             parts
@@ -252,10 +258,21 @@ pub async fn handle(
                 if hold && ex.grpc && grpc_status.is_none() && resp.status() == 200 {
                     grpc_status = peek_grpc_status(&mut resp, try_deadline).await;
                 }
-                (
-                    Outcome::Response(resp.status().as_u16(), grpc_status),
-                    Ok(resp),
-                )
+                // The upstream (its own proxy, often) enforced the grpc-timeout we
+                // forwarded, a moment before our own per-try timer: that is our
+                // per-try timeout, not the app's answer.
+                let expired_here = capped_by_try
+                    && (grpc_status == Some(grpc::DEADLINE_EXCEEDED)
+                        || resp
+                            .headers()
+                            .get(crate::error::ERROR_HEADER)
+                            .is_some_and(|v| v == "timeout"));
+                let outcome = if expired_here {
+                    Outcome::PerTryTimeout
+                } else {
+                    Outcome::Response(resp.status().as_u16(), grpc_status)
+                };
+                (outcome, Ok(resp))
             }
             Err(TryError::Timeout | TryError::Idle) => {
                 (Outcome::PerTryTimeout, Err(TryError::Timeout))

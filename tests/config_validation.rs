@@ -299,21 +299,32 @@ fn positions_after_an_expansion_point_into_the_text_as_written() {
 #[test]
 fn the_example_configs_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    // config/ and its subdirectories (config/shop/).
+    let mut dirs = vec![dir.clone()];
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            // The examples use only `${VAR:-default}`, so no variable needs setting.
-            let text = std::fs::read_to_string(&path).unwrap();
-            let result = config::load_str_with_env(&text, &path.display().to_string(), &|_| None);
-            if let Err(e) = result {
-                panic!("{} does not validate:\n{e}", path.display());
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                // The examples use only `${VAR:-default}`, so no variable needs setting.
+                let text = std::fs::read_to_string(&path).unwrap();
+                let result =
+                    config::load_str_with_env(&text, &path.display().to_string(), &|_| None);
+                if let Err(e) = result {
+                    panic!("{} does not validate:\n{e}", path.display());
+                }
+                config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
             }
-            config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
-            seen += 1;
         }
     }
-    assert!(seen >= 2, "expected the examples in {}", dir.display());
+    assert!(
+        seen >= 7,
+        "expected the examples in {} and config/shop",
+        dir.display()
+    );
 }
 
 #[test]
