@@ -8,10 +8,16 @@
 //! 6. stream the response back; when it ends, record metrics and the access log
 //!
 //! Every way out of this function goes through [`Exchange::respond`] or
-//! [`Exchange::fail`], so metrics and the access log see every request once.
+//! [`Exchange::fail`] (in `exchange.rs`), so metrics and the access log see
+//! every request once. Each try's helpers are in `attempt.rs`.
+
+mod attempt;
+mod exchange;
+
+use attempt::{await_head, clone_head, count_attempt, peek_grpc_status, TryError, ATTEMPT_COUNT};
+use exchange::Exchange;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +25,14 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::AccessLog;
 use crate::cluster::passthrough::Passthrough;
-use crate::cluster::{Cluster, Endpoint, InFlight, UpstreamProtocol};
+use crate::cluster::{Cluster, Endpoint, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
-use crate::http::body::{
-    IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, RequestBody, StreamEnd, StreamOutcome,
-};
+use crate::http::body::{ObservedBody, RequestBody};
 use crate::http::{grpc, headers};
 use crate::listener::Serving;
 use crate::metrics::{ListenerMetrics, RouteMetrics};
-use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 use crate::resilience::replay::{Replay, DEFAULT_REPLAY_BYTES};
 use crate::router::{RequestInfo, Router};
@@ -99,11 +102,10 @@ pub async fn handle(
         method: req.method(),
         headers: req.headers(),
     };
-    let by_dst = conn.orig_dst.map(|d| d.to_string());
     let route = state.router.route(&info).or_else(|| {
-        let dst = by_dst.as_deref()?;
+        let dst = conn.orig_dst?.to_string();
         state.router.route(&RequestInfo {
-            authority: dst,
+            authority: &dst,
             ..info
         })
     });
@@ -359,278 +361,6 @@ pub async fn handle(
     }
 }
 
-/// Why a try got no response head.
-enum TryError {
-    Upstream(UpstreamError),
-    /// The try's deadline (route, per-try or grpc-timeout) passed.
-    Timeout,
-    /// Nothing moved for the stream idle timeout while waiting.
-    Idle,
-}
-
-/// Wait for the response head: until the try's deadline, and while no
-/// deadline is set, as long as the request body keeps moving within the
-/// stream idle timeout (a client stream may take long before its answer).
-async fn await_head(
-    sent: impl std::future::Future<Output = Result<Response<ProxyBody>, UpstreamError>>,
-    deadline: Option<Instant>,
-    idle: Duration,
-    bytes_in: &AtomicU64,
-) -> Result<Response<ProxyBody>, TryError> {
-    tokio::pin!(sent);
-    let mut seen = bytes_in.load(Ordering::Relaxed);
-    loop {
-        let wake = Instant::now() + idle;
-        let until = deadline.map_or(wake, |d| d.min(wake));
-        match tokio::time::timeout_at(until, &mut sent).await {
-            Ok(r) => return r.map_err(TryError::Upstream),
-            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                return Err(TryError::Timeout)
-            }
-            Err(_) => {
-                let now = bytes_in.load(Ordering::Relaxed);
-                if now == seen {
-                    return Err(TryError::Idle);
-                }
-                seen = now;
-            }
-        }
-    }
-}
-
-/// The upstream sees which try this is.
-const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-skiff-attempt-count");
-
-/// How long a gRPC response without a status in its head may be held back
-/// to read its trailers, so a status there can still be retried.
-const HOLD_FOR_TRAILERS: Duration = Duration::from_millis(250);
-
-/// Read the first frame of a gRPC response that has no grpc-status in its
-/// head: when the trailers come first (no message), their status decides
-/// about a retry. The frame is handed back to the body either way.
-async fn peek_grpc_status(resp: &mut Response<ProxyBody>, deadline: Option<Instant>) -> Option<u8> {
-    use http_body_util::BodyExt;
-    let hold = Instant::now() + HOLD_FOR_TRAILERS;
-    let until = deadline.map_or(hold, |d| d.min(hold));
-    let body = resp.body_mut();
-    match tokio::time::timeout_at(until, body.frame()).await {
-        Ok(Some(Ok(frame))) => {
-            let status = frame.trailers_ref().and_then(grpc::status_of);
-            body.push_front(frame);
-            status
-        }
-        _ => None,
-    }
-}
-
-fn clone_head(p: &http::request::Parts) -> http::request::Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = p.method.clone();
-    *r.uri_mut() = p.uri.clone();
-    *r.version_mut() = p.version;
-    *r.headers_mut() = p.headers.clone();
-    r.into_parts().0
-}
-
-fn count_attempt(cluster: &Cluster, outcome: Outcome) {
-    let m = &cluster.metrics;
-    match outcome {
-        Outcome::Response(..) if !outcome.is_failure() => m.success.inc(),
-        Outcome::Response(..) => m.failure.inc(),
-        Outcome::PerTryTimeout => m.timeout.inc(),
-        Outcome::Reset | Outcome::Refused => m.reset.inc(),
-        Outcome::ConnectFailure => m.connect_failure.inc(),
-    }
-}
-
-/// One request's bookkeeping, from arrival to the end of its response stream.
-struct Exchange {
-    state: Arc<ListenerState>,
-    start: Instant,
-    client: SocketAddr,
-    grpc: bool,
-    version: Version,
-    authority: Option<String>,
-    deadline: Option<Instant>,
-    target: Option<Target>,
-    bytes_in: Arc<AtomicU64>,
-    in_flight: Option<InFlight>,
-    /// The cluster's max_requests slot, held until the response stream ends.
-    permit: Option<Permit>,
-    /// Report the try to outlier detection when the stream ends (its gRPC
-    /// status comes in the trailers).
-    report_at_end: bool,
-    attempts: u32,
-    log: Option<LogFields>,
-}
-
-/// What the access log needs beyond the metrics; only kept when it is on.
-struct LogFields {
-    version: Version,
-    method: http::Method,
-    path: String,
-    request_id: HeaderValue,
-}
-
-impl Exchange {
-    fn new(
-        state: Arc<ListenerState>,
-        client: SocketAddr,
-        req: &Request<Incoming>,
-        request_id: HeaderValue,
-    ) -> Self {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .filter(|a| !a.is_empty());
-        let log = state.access_log.is_some().then(|| LogFields {
-            version: req.version(),
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            request_id,
-        });
-        Exchange {
-            state,
-            start: Instant::now(),
-            client,
-            grpc: grpc::is_grpc(req.headers()),
-            version: req.version(),
-            authority,
-            deadline: None,
-            target: None,
-            bytes_in: Arc::new(AtomicU64::new(0)),
-            in_flight: None,
-            permit: None,
-            report_at_end: false,
-            attempts: 0,
-            log,
-        }
-    }
-
-    /// Answer with a proxy-made error (DESIGN §6).
-    fn fail(self, err: ProxyError) -> Response<ObservedBody> {
-        tracing::debug!(listener = %self.state.name, error = %err, "proxy error");
-        self.state.metrics.proxy_error(err.kind);
-        let resp = err.to_response(self.grpc);
-        self.respond(resp, Some(err.kind.flag()))
-    }
-
-    /// Hand `resp` to the client, observed until its stream ends.
-    fn respond(
-        self,
-        resp: Response<ProxyBody>,
-        flag: Option<&'static str>,
-    ) -> Response<ObservedBody> {
-        let (parts, body) = resp.into_parts();
-        let deadline = self
-            .deadline
-            .filter(|_| flag.is_none())
-            .map(|d| Box::pin(tokio::time::sleep_until(d)));
-        let idle = flag
-            .is_none()
-            .then(|| IdleTimer::new(self.state.stream_idle_timeout, self.bytes_in.clone()));
-        let done = Completion {
-            status: parts.status.as_u16(),
-            grpc_status: grpc::status_of(&parts.headers),
-            flag,
-            exchange: self,
-        };
-        let grpc = done.exchange.grpc;
-        Response::from_parts(
-            parts,
-            ObservedBody::new(body, deadline, idle, grpc, Some(Box::new(done))),
-        )
-    }
-}
-
-/// Records the request when its response stream ends.
-struct Completion {
-    exchange: Exchange,
-    status: u16,
-    /// From the response head (trailers-only); trailers, if any, take over.
-    grpc_status: Option<u8>,
-    flag: Option<&'static str>,
-}
-
-impl OnStreamEnd for Completion {
-    fn finish(self: Box<Self>, end: StreamEnd) {
-        let Completion {
-            exchange: ex,
-            status,
-            grpc_status,
-            flag,
-        } = *self;
-        let elapsed = ex.start.elapsed();
-        let grpc_status = end.grpc_status.or(grpc_status);
-        let flag = flag.or(match end.outcome {
-            StreamOutcome::Complete => None,
-            StreamOutcome::Timeout => {
-                ex.state.metrics.proxy_error(ErrorKind::Timeout);
-                Some(ErrorKind::Timeout.flag())
-            }
-            StreamOutcome::UpstreamError => Some("UR"),
-            StreamOutcome::Cancelled => Some("DC"),
-            StreamOutcome::Idle => {
-                ex.state.metrics.proxy_error(ErrorKind::Timeout);
-                Some("SI")
-            }
-        });
-        let grpc_status = match end.outcome {
-            StreamOutcome::Timeout | StreamOutcome::Idle if ex.grpc => {
-                Some(grpc::DEADLINE_EXCEEDED)
-            }
-            _ => grpc_status,
-        };
-        if ex.report_at_end {
-            // The client leaving or the deadline passing says nothing about the endpoint.
-            let failed = match end.outcome {
-                StreamOutcome::Complete => {
-                    Some(Outcome::Response(status, grpc_status).is_failure())
-                }
-                StreamOutcome::UpstreamError => Some(true),
-                _ => None,
-            };
-            if let (Some(failed), Some(t), Some(f)) = (failed, &ex.target, &ex.in_flight) {
-                t.cluster.report(f.endpoint(), failed);
-            }
-        }
-        let metrics = ex
-            .target
-            .as_ref()
-            .map_or(&ex.state.unrouted, |t| &t.metrics);
-        metrics.observe(status, grpc_status, elapsed.as_secs_f64());
-
-        if let (Some(log), Some(fields)) = (&ex.state.access_log, &ex.log) {
-            log.write(&Entry {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                listener: &ex.state.name,
-                client: ex.client.to_string(),
-                protocol: version_str(fields.version),
-                method: fields.method.as_str(),
-                authority: ex.authority.as_deref().unwrap_or(""),
-                path: &fields.path,
-                status,
-                grpc_status,
-                duration_ms: round_ms(elapsed),
-                cluster: ex.target.as_ref().map_or("", |t| &t.cluster.name),
-                upstream: ex.in_flight.as_ref().map(|f| f.endpoint().addr.to_string()),
-                bytes_in: ex.bytes_in.load(Ordering::Relaxed),
-                bytes_out: end.bytes_out,
-                flag: flag.unwrap_or("-"),
-                attempts: ex.attempts,
-                request_id: fields.request_id.to_str().unwrap_or(""),
-            });
-        }
-    }
-}
-
 /// The size of a request head: for HTTP/1.1 its bytes on the wire (request
 /// line, `name: value\r\n` per header), for HTTP/2 the header-list size of
 /// RFC 9113 §6.5.2 (name + value + 32 per field, pseudo-headers included).
@@ -646,18 +376,4 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + per_field)
         .sum::<usize>()
         + line
-}
-
-fn round_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-fn version_str(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/0.9",
-    }
 }
