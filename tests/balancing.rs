@@ -6,127 +6,18 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context as _};
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use anyhow::{anyhow, ensure};
 
-use support::body::{self, TestBody};
+use support::body;
 use support::dns::DnsServer;
-use support::http_client::{header_str, http_get, HttpClient};
-use support::scratch::ScratchDir;
-use support::{eventually, metric_value, AbortOnDrop, Proto, Proxy};
-
-// ---------------------------------------------------------------- replicas
-
-/// One replica of the service on `ip:port` (HTTP/1.1 and h2c): answers `ok`
-/// with `x-replica: ip:port` after its own delay.
-struct Replica {
-    addr: SocketAddr,
-    served: Arc<AtomicU64>,
-    delay_ms: Arc<AtomicU64>,
-    _task: AbortOnDrop,
-}
-
-impl Replica {
-    async fn start(addr: SocketAddr) -> anyhow::Result<Replica> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind {addr}"))?;
-        let addr = listener.local_addr()?;
-        let served = Arc::new(AtomicU64::new(0));
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let (s, d) = (served.clone(), delay_ms.clone());
-        let task = AbortOnDrop::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let _ = tcp.set_nodelay(true);
-                let (s, d) = (s.clone(), d.clone());
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        answer(req, addr, s.clone(), d.load(Ordering::SeqCst))
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Ok(Replica {
-            addr,
-            served,
-            delay_ms,
-            _task: task,
-        })
-    }
-
-    fn id(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn v4(&self) -> Ipv4Addr {
-        match self.addr.ip() {
-            std::net::IpAddr::V4(v4) => v4,
-            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        }
-    }
-
-    /// Hold every request this long before answering.
-    fn set_delay(&self, d: Duration) {
-        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
-    }
-
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::SeqCst)
-    }
-}
-
-async fn answer(
-    _req: Request<Incoming>,
-    me: SocketAddr,
-    served: Arc<AtomicU64>,
-    delay_ms: u64,
-) -> Result<Response<TestBody>, Infallible> {
-    served.fetch_add(1, Ordering::SeqCst);
-    if delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-    }
-    let mut resp = Response::new(body::full("ok"));
-    if let Ok(v) = HeaderValue::from_str(&me.to_string()) {
-        resp.headers_mut().insert("x-replica", v);
-    }
-    Ok(resp)
-}
-
-/// `n` replicas on 127.0.0.2, 127.0.0.3, … all on the same port.
-async fn replicas(n: u8) -> anyhow::Result<Vec<Replica>> {
-    let mut last = anyhow!("no attempt");
-    for _ in 0..10 {
-        let first = Replica::start(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
-        let port = first.addr.port();
-        let mut all = vec![first];
-        for i in 1..n {
-            match Replica::start(SocketAddr::from(([127, 0, 0, 2 + i], port))).await {
-                Ok(r) => all.push(r),
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            }
-        }
-        if all.len() == usize::from(n) {
-            return Ok(all);
-        }
-    }
-    Err(last.context("no port free on every replica address"))
-}
+use support::http_client::{header_str, HttpClient};
+use support::replica::{replicas, Replica};
+use support::{eventually, Proto, Proxy};
 
 // ---------------------------------------------------------------- proxy
 
@@ -146,7 +37,7 @@ fn yaml(cluster: &str, top: &str) -> String {
 fn static_yaml(lb: &str, eps: &[(&Replica, u32)], extra: &str) -> String {
     let list: Vec<String> = eps
         .iter()
-        .map(|(r, w)| format!("{{ address: \"{}\", weight: {w} }}", r.addr))
+        .map(|(r, w)| format!("{{ address: \"{}\", weight: {w} }}", r.addr()))
         .collect();
     yaml(
         &format!("lb: {lb}\nendpoints: [{}]\n{extra}", list.join(", ")),
@@ -367,16 +258,11 @@ async fn ring_hash_keeps_keys_sticky_and_moves_about_one_nth_when_one_leaves() -
     dns.set_a(name, &r.iter().map(Replica::v4).collect::<Vec<_>>());
     let cluster = format!(
         "lb: ring_hash\nhash_header: x-user-id\ndns: {{ name: {name}, port: {}, refresh: 1s }}\n",
-        r[0].addr.port()
+        r[0].addr().port()
     );
     let top = format!("resolver:\n  servers: [\"{}\"]\n", dns.addr());
     let proxy = Proxy::start(&yaml(&cluster, &top)).await?;
-    eventually(Duration::from_secs(15), || async {
-        let (status, body) = proxy.admin_get("/ready").await?;
-        ensure!(status == 200, "/ready: {status} {body}");
-        Ok(())
-    })
-    .await?;
+    proxy.wait_ready().await?;
 
     // Every key lands on one replica, whichever connection asks, every time.
     let keys: Vec<String> = (0..KEYS).map(|u| format!("user-{u}")).collect();
@@ -479,64 +365,6 @@ async fn ring_hash_maps_keys_alike_in_every_proxy_whatever_the_endpoint_order() 
     Ok(())
 }
 
-/// A proxy run from a config file it reloads when the file changes.
-struct Reloading {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: ScratchDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Reloading {
-    async fn start(yaml: &str) -> anyhow::Result<Reloading> {
-        let dir = ScratchDir::new("balancing-reload")?;
-        let path = dir.write("skiff.yaml", yaml)?;
-        let config = skiff::config::load_file(&path)
-            .map_err(|e| anyhow!("config rejected: {e:?}\n{yaml}"))?;
-        let bound = skiff::app::build(config)
-            .await
-            .map_err(|e| anyhow!("build failed: {e}"))?
-            .reload_from(&path);
-        let addr = bound
-            .listener_addr("main")
-            .ok_or_else(|| anyhow!("no listener main"))?;
-        let admin = bound.admin_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(bound.run(async move {
-            let _ = rx.await;
-        }));
-        Ok(Reloading {
-            addr,
-            admin,
-            dir,
-            _shutdown: tx,
-        })
-    }
-
-    /// Write `yaml` over the file and wait until the proxy says it reloaded.
-    async fn reload(&self, yaml: &str) -> anyhow::Result<()> {
-        let count = || async {
-            let (_, _, text) = http_get(self.admin, "/metrics").await?;
-            anyhow::Ok(
-                metric_value(
-                    &text,
-                    "skiff_config_reloads_total",
-                    &[("result", "success")],
-                )
-                .unwrap_or(0.0),
-            )
-        };
-        let before = count().await?;
-        self.dir.write("skiff.yaml", yaml)?;
-        eventually(Duration::from_secs(10), || async {
-            let now = count().await?;
-            ensure!(now > before, "no successful reload yet");
-            Ok(())
-        })
-        .await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_moves_only_the_keys_of_an_endpoint_removed_from_the_config() -> anyhow::Result<()>
 {
@@ -544,8 +372,8 @@ async fn ring_hash_moves_only_the_keys_of_an_endpoint_removed_from_the_config() 
     let r = replicas(4).await?;
     let extra = "hash_header: x-user-id\n";
     let all: Vec<(&Replica, u32)> = r.iter().map(|x| (x, 1)).collect();
-    let proxy = Reloading::start(&static_yaml("ring_hash", &all, extra)).await?;
-    let mut c = HttpClient::connect(proxy.addr, Proto::H2).await?;
+    let proxy = Proxy::start_reloading(&static_yaml("ring_hash", &all, extra)).await?;
+    let mut c = HttpClient::connect(proxy.addr(), Proto::H2).await?;
     let keys: Vec<String> = (0..KEYS).map(|u| format!("user-{u}")).collect();
     let mut home = BTreeMap::<String, String>::new();
     for k in &keys {

@@ -6,25 +6,19 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context as _};
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use support::body::{self, TestBody};
 use support::dns::{Behaviour, DnsServer, Srv};
 use support::http_backend::HttpBackend;
-use support::http_client::{grpc_request, header_str, http_get, HttpClient};
-use support::scratch::ScratchDir;
-use support::{eventually, metric_value, within, AbortOnDrop, Proto, Proxy};
+use support::http_client::{grpc_request, header_str, HttpClient};
+use support::replica::{replicas, Replica};
+use support::{eventually, metric_value, within, Proto, Proxy};
 
 /// The service name the `web` cluster resolves.
 const NAME: &str = "web.skiff.test";
@@ -32,128 +26,6 @@ const NAME: &str = "web.skiff.test";
 const REFRESH: Duration = Duration::from_secs(1);
 /// How soon the traffic must follow a change of records (issue 4: refresh + 1s).
 const FOLLOW: Duration = Duration::from_secs(REFRESH.as_secs() + 1);
-
-// ---------------------------------------------------------------- replicas
-
-/// One replica of the service on `ip:port` (HTTP/1.1 and h2c): answers `ok`
-/// with `x-replica: ip:port`, after `?delay_ms=N` when asked.
-struct Replica {
-    addr: SocketAddr,
-    served: Arc<AtomicU64>,
-    connections: Arc<AtomicI64>,
-    accepted: Arc<AtomicU64>,
-    _task: AbortOnDrop,
-}
-
-impl Replica {
-    async fn start(addr: SocketAddr) -> anyhow::Result<Replica> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind {addr}"))?;
-        let addr = listener.local_addr()?;
-        let served = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(AtomicI64::new(0));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (s, c, a) = (served.clone(), connections.clone(), accepted.clone());
-        let task = AbortOnDrop::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let _ = tcp.set_nodelay(true);
-                a.fetch_add(1, Ordering::SeqCst);
-                let (s, c) = (s.clone(), c.clone());
-                c.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| answer(req, addr, s.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                    c.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Ok(Replica {
-            addr,
-            served,
-            connections,
-            accepted,
-            _task: task,
-        })
-    }
-
-    fn ip(&self) -> IpAddr {
-        self.addr.ip()
-    }
-
-    fn v4(&self) -> Ipv4Addr {
-        match self.addr.ip() {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        }
-    }
-
-    fn id(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// Requests that reached this replica.
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::SeqCst)
-    }
-
-    /// Connections accepted since the start.
-    fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Connections open to this replica.
-    fn connections(&self) -> i64 {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-async fn answer(
-    req: Request<Incoming>,
-    me: SocketAddr,
-    served: Arc<AtomicU64>,
-) -> Result<Response<TestBody>, Infallible> {
-    served.fetch_add(1, Ordering::SeqCst);
-    let delay = req
-        .uri()
-        .query()
-        .and_then(|q| q.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(ms) = delay {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let mut resp = Response::new(body::full("ok"));
-    if let Ok(v) = HeaderValue::from_str(&me.to_string()) {
-        resp.headers_mut().insert("x-replica", v);
-    }
-    Ok(resp)
-}
-
-/// `n` replicas on 127.0.0.2, 127.0.0.3, … all on the same port.
-async fn replicas(n: u8) -> anyhow::Result<Vec<Replica>> {
-    let mut last = anyhow!("no attempt");
-    for _ in 0..10 {
-        let first = Replica::start(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
-        let port = first.addr.port();
-        let mut all = vec![first];
-        for i in 1..n {
-            match Replica::start(SocketAddr::from(([127, 0, 0, 2 + i], port))).await {
-                Ok(r) => all.push(r),
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            }
-        }
-        if all.len() == usize::from(n) {
-            return Ok(all);
-        }
-    }
-    Err(last.context("no port free on every replica address"))
-}
 
 // ---------------------------------------------------------------- traffic
 
@@ -322,30 +194,9 @@ fn dns_a(port: u16) -> String {
     format!("dns: {{ name: {NAME}, port: {port}, refresh: 1s }}")
 }
 
-async fn wait_ready(proxy: &Proxy) -> anyhow::Result<()> {
-    eventually(Duration::from_secs(15), || async {
-        let (status, body) = proxy.admin_get("/ready").await?;
-        ensure!(status == 200, "/ready answered {status}: {body}");
-        Ok(())
-    })
-    .await
-}
-
-/// The `/clusters` entry of `name`.
-async fn cluster_view(proxy: &Proxy, name: &str) -> anyhow::Result<serde_json::Value> {
-    let (status, body) = proxy.admin_get("/clusters").await?;
-    ensure!(status == 200, "/clusters answered {status}: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    v["clusters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .cloned()
-        .ok_or_else(|| anyhow!("no cluster {name} in /clusters: {body}"))
-}
-
 /// The endpoint addresses of cluster `name` in `/clusters`, with their weights.
 async fn endpoints(proxy: &Proxy, name: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let c = cluster_view(proxy, name).await?;
+    let c = proxy.cluster(name).await?;
     let eps = c["endpoints"]
         .as_array()
         .ok_or_else(|| anyhow!("no endpoints list: {c}"))?;
@@ -371,77 +222,13 @@ async fn wait_endpoints(proxy: &Proxy, want: &[&Replica], limit: Duration) -> an
     .await
 }
 
-async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    let text = proxy.metrics().await?;
-    Ok(metric_value(&text, name, labels).unwrap_or(0.0))
-}
-
-/// A proxy run from a config file it reloads when the file changes (the
-/// in-process harness starts from a string and never reloads).
-struct Reloading {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: ScratchDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Reloading {
-    async fn start(yaml: &str) -> anyhow::Result<Reloading> {
-        let dir = ScratchDir::new("discovery-reload")?;
-        let path = dir.write("skiff.yaml", yaml)?;
-        let config = skiff::config::load_file(&path)
-            .map_err(|e| anyhow!("config rejected: {e:?}\n{yaml}"))?;
-        let bound = skiff::app::build(config)
-            .await
-            .map_err(|e| anyhow!("build failed: {e}"))?
-            .reload_from(&path);
-        let addr = bound
-            .listener_addr("main")
-            .ok_or_else(|| anyhow!("no listener main"))?;
-        let admin = bound.admin_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(bound.run(async move {
-            let _ = rx.await;
-        }));
-        Ok(Reloading {
-            addr,
-            admin,
-            dir,
-            _shutdown: tx,
-        })
-    }
-
-    /// Write `yaml` over the file and wait until the proxy says it reloaded.
-    async fn reload(&self, yaml: &str) -> anyhow::Result<()> {
-        let count = || async {
-            let (_, _, text) = http_get(self.admin, "/metrics").await?;
-            anyhow::Ok(
-                metric_value(
-                    &text,
-                    "skiff_config_reloads_total",
-                    &[("result", "success")],
-                )
-                .unwrap_or(0.0),
-            )
-        };
-        let before = count().await?;
-        self.dir.write("skiff.yaml", yaml)?;
-        eventually(Duration::from_secs(10), || async {
-            let now = count().await?;
-            ensure!(now > before, "no successful reload yet");
-            Ok(())
-        })
-        .await
-    }
-}
-
 async fn dns_failures(proxy: &Proxy) -> anyhow::Result<f64> {
-    metric(
-        proxy,
-        "skiff_dns_resolutions_total",
-        &[("cluster", "web"), ("result", "failure")],
-    )
-    .await
+    proxy
+        .metric(
+            "skiff_dns_resolutions_total",
+            &[("cluster", "web"), ("result", "failure")],
+        )
+        .await
 }
 
 // ---------------------------------------------------------------- tests
@@ -452,10 +239,10 @@ async fn scale_1_3_2(upstream: &str) -> anyhow::Result<()> {
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4()]);
-    let y = yaml(&dns, &dns_a(r[0].addr.port()), None, "")
+    let y = yaml(&dns, &dns_a(r[0].addr().port()), None, "")
         .replace("protocol: http2", &format!("protocol: {upstream}"));
     let proxy = Proxy::start(&y).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
 
     let traffic = Traffic::start(proxy.addr());
     let t = traffic.wait_more(50).await?;
@@ -552,10 +339,10 @@ async fn a_ttl_shorter_than_refresh_brings_the_next_lookup_sooner() -> anyhow::R
     dns.set_a(NAME, &[r[0].v4()]);
     let web = format!(
         "dns: {{ name: {NAME}, port: {}, refresh: 60s }}",
-        r[0].addr.port()
+        r[0].addr().port()
     );
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(5)).await?;
 
     dns.set_a(NAME, &[r[1].v4()]);
@@ -580,10 +367,10 @@ async fn a_ttl_of_zero_does_not_make_the_lookups_spin() -> anyhow::Result<()> {
     dns.set_a(NAME, &[r[0].v4()]);
     let web = format!(
         "dns: {{ name: {NAME}, port: {}, refresh: 5s }}",
-        r[0].addr.port()
+        r[0].addr().port()
     );
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
 
     // Lookups are floored at 500ms: over 3s at most ~6 lookups (A and AAAA
     // each), not thousands; and some, since TTL 0 asks for fresh answers.
@@ -603,7 +390,7 @@ async fn a_and_aaaa_records_both_become_endpoints() -> anyhow::Result<()> {
     let mut pair = None;
     for _ in 0..10 {
         let v4 = Replica::start(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
-        let six = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), v4.addr.port());
+        let six = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), v4.addr().port());
         if let Ok(v6) = Replica::start(six).await {
             pair = Some((v4, v6));
             break;
@@ -613,8 +400,8 @@ async fn a_and_aaaa_records_both_become_endpoints() -> anyhow::Result<()> {
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_ips(NAME, &[v4.ip(), v6.ip()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(v4.addr.port()), None, "")).await?;
-    wait_ready(&proxy).await?;
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(v4.addr().port()), None, "")).await?;
+    proxy.wait_ready().await?;
     wait_endpoints(&proxy, &[&v4, &v6], Duration::from_secs(5)).await?;
 
     let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
@@ -663,15 +450,15 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
     dns.set_srv(
         srv_name,
         &[
-            Srv::new(10, 3, r1.addr.port(), "r1.web.skiff.test"),
-            Srv::new(10, 1, r2.addr.port(), "r2.web.skiff.test"),
+            Srv::new(10, 3, r1.addr().port(), "r1.web.skiff.test"),
+            Srv::new(10, 1, r2.addr().port(), "r2.web.skiff.test"),
             // A worse priority: used only when every better one is gone.
-            Srv::new(20, 1, r3.addr.port(), "r3.web.skiff.test"),
+            Srv::new(20, 1, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
     let web = format!("dns: {{ srv: {srv_name}, refresh: 1s }}");
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
     let eps = endpoints(&proxy, "web").await?;
     let want: BTreeMap<String, u64> = [(r1.id(), 3), (r2.id(), 1)].into_iter().collect();
     assert_eq!(
@@ -713,8 +500,8 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
     dns.set_srv(
         srv_name,
         &[
-            Srv::new(10, 1, r2.addr.port(), "r2.web.skiff.test"),
-            Srv::new(10, 2, r3.addr.port(), "r3.web.skiff.test"),
+            Srv::new(10, 1, r2.addr().port(), "r2.web.skiff.test"),
+            Srv::new(10, 2, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
     let want: BTreeMap<String, u64> = [(r2.id(), 1), (r3.id(), 2)].into_iter().collect();
@@ -729,8 +516,8 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
     dns.set_srv(
         srv_name,
         &[
-            Srv::new(10, 4, r2.addr.port(), "r2.web.skiff.test"),
-            Srv::new(10, 1, r3.addr.port(), "r3.web.skiff.test"),
+            Srv::new(10, 4, r2.addr().port(), "r2.web.skiff.test"),
+            Srv::new(10, 1, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
     let want: BTreeMap<String, u64> = [(r2.id(), 4), (r3.id(), 1)].into_iter().collect();
@@ -757,13 +544,13 @@ async fn srv_uses_the_next_priority_when_no_target_of_the_best_one_resolves() ->
         srv_name,
         &[
             // A stale record: its target name is gone (NXDOMAIN).
-            Srv::new(10, 1, backup.addr.port(), "gone.web.skiff.test"),
-            Srv::new(20, 1, backup.addr.port(), "backup.web.skiff.test"),
+            Srv::new(10, 1, backup.addr().port(), "gone.web.skiff.test"),
+            Srv::new(20, 1, backup.addr().port(), "backup.web.skiff.test"),
         ],
     );
     let web = format!("dns: {{ srv: {srv_name}, refresh: 1s }}");
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
     wait_endpoints(&proxy, &[&backup], Duration::from_secs(5))
         .await
         .context("the priority-20 target must serve while no priority-10 target resolves")?;
@@ -777,7 +564,7 @@ async fn srv_uses_the_next_priority_when_no_target_of_the_best_one_resolves() ->
 async fn srv_without_records_falls_back_to_a_records_when_name_and_port_are_given(
 ) -> anyhow::Result<()> {
     let r = replicas(3).await?;
-    let port = r[0].addr.port();
+    let port = r[0].addr().port();
     let srv_name = "_http._tcp.web.skiff.test";
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
@@ -793,7 +580,7 @@ async fn srv_without_records_falls_back_to_a_records_when_name_and_port_are_give
         "  - name: bare\n    protocol: http2\n    dns: {{ srv: {srv_name}, refresh: 1s }}\n"
     );
     let proxy = Proxy::start(&y).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
 
     // The SRV name does not exist (NXDOMAIN): A records of `name`, at `port`.
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(5)).await?;
@@ -834,8 +621,8 @@ async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> an
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4(), r[1].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
-    wait_ready(&proxy).await?;
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
+    proxy.wait_ready().await?;
     let traffic = Traffic::start(proxy.addr());
     traffic.wait_more(50).await?;
     ensure!(dns_failures(&proxy).await? == 0.0, "no failure yet");
@@ -861,12 +648,12 @@ async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> an
         );
     }
     wait_endpoints(&proxy, &[&r[0], &r[1]], Duration::from_secs(1)).await?;
-    let healthy = metric(
-        &proxy,
-        "skiff_endpoints",
-        &[("cluster", "web"), ("state", "healthy")],
-    )
-    .await?;
+    let healthy = proxy
+        .metric(
+            "skiff_endpoints",
+            &[("cluster", "web"), ("state", "healthy")],
+        )
+        .await?;
     assert_eq!(
         healthy, 2.0,
         "skiff_endpoints{{state=\"healthy\"}} during SERVFAIL"
@@ -918,12 +705,12 @@ async fn nxdomain_empties_the_cluster_and_other_clusters_keep_working() -> anyho
     dns.set_a(NAME, &[r[0].v4()]);
     let proxy = Proxy::start(&yaml(
         &dns,
-        &dns_a(r[0].addr.port()),
+        &dns_a(r[0].addr().port()),
         Some(static_backend.addr()),
         "",
     ))
     .await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
     let mut h1 = HttpClient::connect(proxy.addr(), Proto::H1).await?;
     let (parts, _) = h1.get("/").await?;
     assert_eq!(parts.status, 200);
@@ -1013,7 +800,7 @@ async fn ready_waits_for_the_first_dns_answer() -> anyhow::Result<()> {
     dns.set_behaviour(Behaviour::Silent);
     let proxy = Proxy::start(&yaml(
         &dns,
-        &dns_a(r[0].addr.port()),
+        &dns_a(r[0].addr().port()),
         None,
         "runtime:\n  discovery_timeout: 60s\n",
     ))
@@ -1024,15 +811,15 @@ async fn ready_waits_for_the_first_dns_answer() -> anyhow::Result<()> {
     for _ in 0..6 {
         let (status, body) = proxy.admin_get("/ready").await?;
         assert_eq!(status, 503, "ready before any DNS answer: {body}");
-        let web = cluster_view(&proxy, "web").await?;
+        let web = proxy.cluster("web").await?;
         assert_eq!(web["discovered"], false, "{web}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ensure!(dns.queries(NAME) > 0, "the proxy never asked");
 
     dns.set_behaviour(Behaviour::Answer);
-    wait_ready(&proxy).await?;
-    let web = cluster_view(&proxy, "web").await?;
+    proxy.wait_ready().await?;
+    let web = proxy.cluster("web").await?;
     assert_eq!(web["discovered"], true, "{web}");
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
     let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
@@ -1057,8 +844,8 @@ async fn ready_after_the_discovery_timeout_with_the_cluster_empty() -> anyhow::R
     assert_eq!(status, 503, "ready before any DNS answer: {body}");
 
     // The start-up bound passes: ready, with the cluster empty and marked so.
-    wait_ready(&proxy).await?;
-    let web = cluster_view(&proxy, "web").await?;
+    proxy.wait_ready().await?;
+    let web = proxy.cluster("web").await?;
     assert_eq!(web["discovered"], false, "{web}");
     assert_eq!(web["endpoints"], serde_json::json!([]), "{web}");
     let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
@@ -1077,8 +864,8 @@ async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()>
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4(), r[1].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
-    wait_ready(&proxy).await?;
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
+    proxy.wait_ready().await?;
 
     let steps: [&[&Replica]; 3] = [&[&r[0], &r[1]], &[&r[0], &r[1], &r[2]], &[&r[2]]];
     for step in steps {
@@ -1086,12 +873,12 @@ async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()>
         dns.set_a(NAME, &ips);
         wait_endpoints(&proxy, step, FOLLOW).await?;
         eventually(Duration::from_secs(1), || async {
-            let g = metric(
-                &proxy,
-                "skiff_endpoints",
-                &[("cluster", "web"), ("state", "healthy")],
-            )
-            .await?;
+            let g = proxy
+                .metric(
+                    "skiff_endpoints",
+                    &[("cluster", "web"), ("state", "healthy")],
+                )
+                .await?;
             ensure!(
                 g == step.len() as f64,
                 "skiff_endpoints = {g}, want {}",
@@ -1108,7 +895,7 @@ async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()>
         let (parts, _) = c.get("/").await?;
         ensure!(parts.status == 200);
     }
-    let web = cluster_view(&proxy, "web").await?;
+    let web = proxy.cluster("web").await?;
     let ep = &web["endpoints"][0];
     assert_eq!(ep["address"], r[2].id(), "{web}");
     assert_eq!(ep["weight"], 1, "{ep}");
@@ -1119,12 +906,12 @@ async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()>
         "{ep}"
     );
     assert_eq!(ep["health"], "healthy", "{ep}");
-    let ok = metric(
-        &proxy,
-        "skiff_dns_resolutions_total",
-        &[("cluster", "web"), ("result", "success")],
-    )
-    .await?;
+    let ok = proxy
+        .metric(
+            "skiff_dns_resolutions_total",
+            &[("cluster", "web"), ("result", "success")],
+        )
+        .await?;
     assert!(ok >= 3.0, "result=\"success\" = {ok}");
     Ok(())
 }
@@ -1136,10 +923,10 @@ async fn removed_endpoint_finishes_its_request(upstream: &str) -> anyhow::Result
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4()]);
-    let y = yaml(&dns, &dns_a(r[0].addr.port()), None, "")
+    let y = yaml(&dns, &dns_a(r[0].addr().port()), None, "")
         .replace("protocol: http2", &format!("protocol: {upstream}"));
     let proxy = Proxy::start(&y).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
 
     let addr = proxy.addr();
     let slow = tokio::spawn(async move {
@@ -1261,8 +1048,8 @@ async fn endpoints_that_stay_keep_their_connection_across_changes() -> anyhow::R
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
-    wait_ready(&proxy).await?;
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
+    proxy.wait_ready().await?;
     let traffic = Traffic::start(proxy.addr());
     traffic.wait_more(50).await?;
     let first = r[0].accepted();
@@ -1303,7 +1090,7 @@ async fn a_large_answer_comes_over_tcp() -> anyhow::Result<()> {
     let ips: Vec<Ipv4Addr> = (0..150u8).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect();
     dns.set_a(NAME, &ips);
     let proxy = Proxy::start(&yaml(&dns, &dns_a(9), None, "")).await?;
-    wait_ready(&proxy).await?;
+    proxy.wait_ready().await?;
     let eps = endpoints(&proxy, "web").await?;
     assert_eq!(eps.len(), 150, "{eps:?}");
     assert!(dns.tcp_queries() > 0, "the answer never went over TCP");
@@ -1317,13 +1104,13 @@ async fn a_dead_resolver_server_is_skipped_for_a_live_one() -> anyhow::Result<()
     dead.set_behaviour(Behaviour::Silent);
     let live = DnsServer::empty().await?;
     live.set_a(NAME, &[r[0].v4()]);
-    let y = yaml(&live, &dns_a(r[0].addr.port()), None, "").replace(
+    let y = yaml(&live, &dns_a(r[0].addr().port()), None, "").replace(
         &format!("servers: [\"{}\"]", live.addr()),
         &format!("servers: [\"{}\", \"{}\"]", dead.addr(), live.addr()),
     );
     let proxy = Proxy::start(&y).await?;
-    wait_ready(&proxy).await?;
-    let web = cluster_view(&proxy, "web").await?;
+    proxy.wait_ready().await?;
+    let web = proxy.cluster("web").await?;
     assert_eq!(web["discovered"], true, "{web}");
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
     Ok(())
@@ -1337,8 +1124,8 @@ async fn a_ttl_longer_than_refresh_does_not_delay_the_next_lookup() -> anyhow::R
     let dns = DnsServer::empty().await?;
     dns.set_ttl(300);
     dns.set_a(NAME, &[r[0].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr.port()), None, "")).await?;
-    wait_ready(&proxy).await?;
+    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
+    proxy.wait_ready().await?;
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
     dns.set_a(NAME, &[r[1].v4()]);
     wait_endpoints(&proxy, &[&r[1]], FOLLOW)
@@ -1356,27 +1143,11 @@ async fn reload_keeps_a_dns_cluster_serving(dns_down: bool) -> anyhow::Result<()
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a(NAME, &[r[0].v4()]);
-    let port = r[0].addr.port();
-    let before = yaml(
-        &dns,
-        &format!("dns: {{ name: {NAME}, port: {port}, refresh: 1s }}"),
-        None,
-        "",
-    );
-    let after = yaml(
-        &dns,
-        &format!("dns: {{ name: {NAME}, port: {port}, refresh: 2s }}"),
-        None,
-        "",
-    );
-    let proxy = Reloading::start(&before).await?;
-    eventually(Duration::from_secs(15), || async {
-        let (status, _, body) = http_get(proxy.admin, "/ready").await?;
-        ensure!(status == 200, "/ready: {status} {body}");
-        Ok(())
-    })
-    .await?;
-    let traffic = Traffic::start(proxy.addr);
+    let before = yaml(&dns, &dns_a(r[0].addr().port()), None, "");
+    let after = before.replace("refresh: 1s", "refresh: 2s");
+    let proxy = Proxy::start_reloading(&before).await?;
+    proxy.wait_ready().await?;
+    let traffic = Traffic::start(proxy.addr());
     traffic.wait_more(50).await?;
 
     if dns_down {

@@ -254,12 +254,7 @@ clusters:
         dns = dns.addr()
     );
     let proxy = Proxy::start(&yaml).await?;
-    support::eventually(Duration::from_secs(15), || async {
-        let (status, body) = proxy.admin_get("/ready").await?;
-        anyhow::ensure!(status == 200, "not ready: {body}");
-        Ok(())
-    })
-    .await?;
+    proxy.wait_ready().await?;
     let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
     let (parts, body) = c.get("/app").await?;
     assert_eq!(

@@ -22,7 +22,7 @@ use support::flaky::{replicas, Failure, FlakyBackend};
 use support::grpc_backend::{echo_client, EchoClient, EchoRequest};
 use support::http_client::{header_str, HttpClient};
 use support::scratch::ScratchDir;
-use support::{eventually, metric_value, within, Proto, Proxy};
+use support::{eventually, within, Proto, Proxy};
 use tonic::transport::Channel;
 
 const UNAVAILABLE: u8 = 14;
@@ -119,40 +119,19 @@ fn addrs(backends: &[FlakyBackend]) -> Vec<SocketAddr> {
 
 // ---------------------------------------------------------------- reading the proxy
 
-/// `name{labels}` from /metrics, 0 when absent.
-async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    let text = proxy.metrics().await?;
-    Ok(metric_value(&text, name, labels).unwrap_or(0.0))
-}
-
 async fn cluster_metric(proxy: &Proxy, name: &str) -> anyhow::Result<f64> {
-    metric(proxy, name, &[("cluster", CLUSTER)]).await
+    proxy.metric(name, &[("cluster", CLUSTER)]).await
 }
 
 async fn endpoints_in(proxy: &Proxy, state: &str) -> anyhow::Result<f64> {
-    metric(
-        proxy,
-        "skiff_endpoints",
-        &[("cluster", CLUSTER), ("state", state)],
-    )
-    .await
-}
-
-/// The `/clusters` entry of the cluster.
-async fn cluster_view(proxy: &Proxy) -> anyhow::Result<serde_json::Value> {
-    let (status, body) = proxy.admin_get("/clusters").await?;
-    ensure!(status == 200, "/clusters answered {status}: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    v["clusters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == CLUSTER))
-        .cloned()
-        .ok_or_else(|| anyhow!("no cluster {CLUSTER} in /clusters: {body}"))
+    proxy
+        .metric("skiff_endpoints", &[("cluster", CLUSTER), ("state", state)])
+        .await
 }
 
 /// Health of each endpoint in `/clusters`, by address.
 async fn health(proxy: &Proxy) -> anyhow::Result<BTreeMap<String, String>> {
-    let c = cluster_view(proxy).await?;
+    let c = proxy.cluster(CLUSTER).await?;
     let eps = c["endpoints"]
         .as_array()
         .ok_or_else(|| anyhow!("no endpoints list: {c}"))?;
@@ -600,12 +579,12 @@ async fn a_black_hole_is_timed_out_per_try_then_ejected_then_let_back() -> anyho
         sent += 1;
     }
     assert!(hole.served() >= 2, "the hole was tried: {}", hole.served());
-    let timeouts = metric(
-        &proxy,
-        "skiff_upstream_attempts_total",
-        &[("cluster", CLUSTER), ("result", "timeout")],
-    )
-    .await?;
+    let timeouts = proxy
+        .metric(
+            "skiff_upstream_attempts_total",
+            &[("cluster", CLUSTER), ("result", "timeout")],
+        )
+        .await?;
     assert!(timeouts >= 2.0, "per-try timeouts counted: {timeouts}");
     let moved_on = reps[1..]
         .iter()
@@ -797,12 +776,12 @@ async fn a_post_is_retried_only_when_it_never_reached_the_app_unless_the_route_o
             body.text()
         );
     }
-    let connect_failures = metric(
-        &proxy,
-        "skiff_upstream_attempts_total",
-        &[("cluster", "half_dead"), ("result", "connect_failure")],
-    )
-    .await?;
+    let connect_failures = proxy
+        .metric(
+            "skiff_upstream_attempts_total",
+            &[("cluster", "half_dead"), ("result", "connect_failure")],
+        )
+        .await?;
     assert!(
         connect_failures >= 1.0,
         "the dead endpoint was tried: {connect_failures}"
@@ -829,12 +808,12 @@ async fn a_body_larger_than_the_replay_buffer_is_not_retried() -> anyhow::Result
         .start()
         .await?;
     let skipped = || async {
-        metric(
-            &proxy,
-            "skiff_retries_skipped_total",
-            &[("cluster", CLUSTER), ("reason", "body_too_large")],
-        )
-        .await
+        proxy
+            .metric(
+                "skiff_retries_skipped_total",
+                &[("cluster", CLUSTER), ("reason", "body_too_large")],
+            )
+            .await
     };
     let mut c = HttpClient::connect(proxy.addr(), Proto::H2).await?;
     // What, body length, frame size, tries expected.
@@ -896,12 +875,12 @@ async fn no_retry_is_started_without_time_for_it() -> anyhow::Result<()> {
     let (status, _, error) = get(&mut c, "/slow").await?;
     assert_eq!((status, error), (503, None), "the app's answer, not a 504");
     assert_eq!(b.served(), 1, "no second try");
-    let skipped = metric(
-        &proxy,
-        "skiff_retries_skipped_total",
-        &[("cluster", CLUSTER), ("reason", "deadline")],
-    )
-    .await?;
+    let skipped = proxy
+        .metric(
+            "skiff_retries_skipped_total",
+            &[("cluster", CLUSTER), ("reason", "deadline")],
+        )
+        .await?;
     assert_eq!(
         skipped, 1.0,
         "skiff_retries_skipped_total{{reason=deadline}}"
@@ -1109,7 +1088,7 @@ async fn over_max_requests_the_circuit_breaker_answers_503_overflow() -> anyhow:
         Ok(())
     })
     .await?;
-    let view = cluster_view(&proxy).await?;
+    let view = proxy.cluster(CLUSTER).await?;
     assert_eq!(view["requests_in_flight"], 2, "{view}");
 
     // gRPC gets UNAVAILABLE, marked as the proxy's.
@@ -1136,7 +1115,7 @@ async fn over_max_requests_the_circuit_breaker_answers_503_overflow() -> anyhow:
     })
     .await?;
     eventually(Duration::from_secs(10), || async {
-        let view = cluster_view(&proxy).await?;
+        let view = proxy.cluster(CLUSTER).await?;
         ensure!(view["requests_in_flight"] == 0, "{view}");
         Ok(())
     })
@@ -1187,7 +1166,7 @@ async fn wait_health(
             healthy == (h.len() - want.len()) as f64,
             "skiff_endpoints{{state=healthy}} {healthy}"
         );
-        let view = cluster_view(proxy).await?;
+        let view = proxy.cluster(CLUSTER).await?;
         ensure!(view["panic_mode"] == panic, "panic_mode: {view}");
         Ok(())
     })

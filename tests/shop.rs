@@ -37,7 +37,7 @@ use tonic::Code;
 
 use common::pb::order_client::OrderClient;
 use common::pb::{Item, OrderStatus, PlaceOrderRequest, WatchOrderRequest};
-use support::{metric_value, within, AbortOnDrop, Proxy};
+use support::{within, AbortOnDrop, Proxy};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -189,8 +189,7 @@ fn book_and_two_mugs() -> PlaceOrderRequest {
 }
 
 async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = proxy.metrics().await.unwrap();
-    metric_value(&text, name, labels).unwrap_or(0.0)
+    proxy.metric(name, labels).await.unwrap()
 }
 
 #[tokio::test]

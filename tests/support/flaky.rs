@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
@@ -298,25 +298,7 @@ impl Drop for FlakyBackend {
 /// `n` backends on 127.0.0.2, 127.0.0.3, … all on the same port, as the
 /// replicas of one service.
 pub async fn replicas(n: u8) -> anyhow::Result<Vec<FlakyBackend>> {
-    let mut last = anyhow!("no attempt");
-    for _ in 0..10 {
-        let first = FlakyBackend::start_at(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
-        let port = first.addr().port();
-        let mut all = vec![first];
-        for i in 1..n {
-            match FlakyBackend::start_at(SocketAddr::from(([127, 0, 0, 2 + i], port))).await {
-                Ok(r) => all.push(r),
-                Err(e) => {
-                    last = e;
-                    break;
-                }
-            }
-        }
-        if all.len() == usize::from(n) {
-            return Ok(all);
-        }
-    }
-    Err(last.context("no port free on every replica address"))
+    super::replica::on_one_port(n, FlakyBackend::start_at, FlakyBackend::addr).await
 }
 
 /// Counts a connection or a request while it lives.

@@ -1,7 +1,7 @@
 //! The integration-test harness: the proxy started from YAML (in process, or
 //! as the real binary), real backends on 127.0.0.1:0 (HTTP/1.1 + h2c, gRPC,
-//! deliberately broken ones, a tiny DNS server) and external peers (curl,
-//! h2load, grpcio).
+//! deliberately broken ones, replicas of one service sharing a port, a tiny
+//! DNS server) and external peers (curl, h2load, grpcio).
 //!
 //! Each suite in `tests/*.rs` includes this with `mod support;` and uses
 //! only part of it, hence the `dead_code` allowance.
@@ -25,6 +25,7 @@ pub mod netns;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod replica;
 pub mod scratch;
 
 use std::future::Future;

@@ -1,15 +1,18 @@
 //! The proxy, in process: built from YAML with `skiff::app::build`, served on
-//! the test's runtime, stopped when the test ends.
+//! the test's runtime, stopped when the test ends; or run from a config file
+//! it reloads, as `skiff run` does.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, ensure, Context as _};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::http_client::{http_get, Proto};
+use super::scratch::ScratchDir;
+use super::{eventually, metric_value};
 
 /// A running proxy. Dropping it asks it to shut down.
 pub struct Proxy {
@@ -18,17 +21,43 @@ pub struct Proxy {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), skiff::app::BuildError>>>,
     yaml: String,
+    /// Where the config file of [`Proxy::start_reloading`] lives.
+    dir: Option<ScratchDir>,
 }
+
+/// The config file's name in the directory of a reloading proxy.
+const CONFIG_FILE: &str = "skiff.yaml";
 
 impl Proxy {
     /// Load `yaml`, bind everything, start serving.
     pub async fn start(yaml: &str) -> anyhow::Result<Proxy> {
         let config = skiff::config::load_str(yaml, "<test>")
             .map_err(|e| anyhow!("config rejected:\n{e}\n--- config ---\n{yaml}"))?;
+        Proxy::serve(config, yaml, None).await
+    }
+
+    /// The same, run from a config file it reloads when the file changes
+    /// (as `skiff run` does); [`Proxy::reload`] writes a new one.
+    pub async fn start_reloading(yaml: &str) -> anyhow::Result<Proxy> {
+        let dir = ScratchDir::new("reloading")?;
+        let path = dir.write(CONFIG_FILE, yaml)?;
+        let config = skiff::config::load_file(&path)
+            .map_err(|e| anyhow!("config rejected: {e:?}\n{yaml}"))?;
+        Proxy::serve(config, yaml, Some(dir)).await
+    }
+
+    async fn serve(
+        config: skiff::config::Config,
+        yaml: &str,
+        dir: Option<ScratchDir>,
+    ) -> anyhow::Result<Proxy> {
         let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
-        let bound = skiff::app::build(config)
+        let mut bound = skiff::app::build(config)
             .await
             .map_err(|e| anyhow!("build failed: {e}"))?;
+        if let Some(dir) = &dir {
+            bound = bound.reload_from(dir.path().join(CONFIG_FILE));
+        }
         let admin = bound.admin_addr();
         let listeners = names
             .into_iter()
@@ -49,7 +78,36 @@ impl Proxy {
             shutdown: Some(tx),
             task: Some(task),
             yaml: yaml.to_string(),
+            dir,
         })
+    }
+
+    /// Write `yaml` over the config file of [`Proxy::start_reloading`] and
+    /// wait until the proxy says it reloaded.
+    pub async fn reload(&self, yaml: &str) -> anyhow::Result<()> {
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or_else(|| anyhow!("no config file to reload: not started by start_reloading"))?;
+        let count = || async {
+            let (_, text) = self.admin_get("/metrics").await?;
+            anyhow::Ok(
+                metric_value(
+                    &text,
+                    "skiff_config_reloads_total",
+                    &[("result", "success")],
+                )
+                .unwrap_or(0.0),
+            )
+        };
+        let before = count().await?;
+        dir.write(CONFIG_FILE, yaml)?;
+        eventually(Duration::from_secs(10), || async {
+            let now = count().await?;
+            ensure!(now > before, "no successful reload yet");
+            Ok(())
+        })
+        .await
     }
 
     /// The address of the first listener.
@@ -85,6 +143,35 @@ impl Proxy {
         let (status, body) = self.admin_get("/metrics").await?;
         anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
         Ok(body)
+    }
+
+    /// `name{labels}` from `/metrics` (summed as [`metric_value`] does), 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let text = self.metrics().await?;
+        Ok(metric_value(&text, name, labels).unwrap_or(0.0))
+    }
+
+    /// The `/clusters` entry of cluster `name`.
+    pub async fn cluster(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.admin_get("/clusters").await?;
+        ensure!(status == 200, "/clusters answered {status}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        v["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .ok_or_else(|| anyhow!("no cluster {name} in /clusters: {body}"))
+    }
+
+    /// Wait until `/ready` answers 200 (15s at most: a `dns:` cluster may
+    /// hold it back until its first answer).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        eventually(Duration::from_secs(15), || async {
+            let (status, body) = self.admin_get("/ready").await?;
+            ensure!(status == 200, "/ready answered {status}: {body}");
+            Ok(())
+        })
+        .await
     }
 
     /// Ask the proxy to drain and wait (bounded) until `run` returns.
