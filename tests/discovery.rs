@@ -22,6 +22,8 @@ use support::{eventually, metric_value, within, Proto, Proxy};
 
 /// The service name the `web` cluster resolves.
 const NAME: &str = "web.skiff.test";
+/// The SRV name of the same service.
+const SRV_NAME: &str = "_http._tcp.web.skiff.test";
 /// `dns.refresh` of the tests (records carry a TTL of 1s too).
 const REFRESH: Duration = Duration::from_secs(1);
 /// How soon the traffic must follow a change of records (issue 4: refresh + 1s).
@@ -82,6 +84,26 @@ impl Traffic {
             Ok(t)
         })
         .await
+    }
+
+    /// Wait until `n` more responses arrived; every one of `replicas` must
+    /// have answered some of them (`when`: what the test is doing).
+    async fn wait_each_answers(
+        &self,
+        n: u64,
+        replicas: &[Replica],
+        when: &str,
+    ) -> anyhow::Result<()> {
+        let a = self.tally();
+        let b = self.wait_more(n).await?;
+        for x in replicas {
+            ensure!(
+                b.of(x) > a.of(x),
+                "{when}: {} got no traffic: {b:?}",
+                x.id()
+            );
+        }
+        Ok(())
     }
 
     /// Wait until `n` more requests were answered, well or not (bounded).
@@ -194,21 +216,42 @@ fn dns_a(port: u16) -> String {
     format!("dns: {{ name: {NAME}, port: {port}, refresh: 1s }}")
 }
 
+/// A DNS server answering `NAME` with `ips`, TTL 1s.
+async fn dns_with(ips: &[Ipv4Addr]) -> anyhow::Result<DnsServer> {
+    let dns = DnsServer::empty().await?;
+    dns.set_ttl(1);
+    dns.set_a(NAME, ips);
+    Ok(dns)
+}
+
+/// The proxy of [`yaml`] with `web` on [`dns_a`]`(port)`, once ready.
+async fn ready_proxy(dns: &DnsServer, port: u16) -> anyhow::Result<Proxy> {
+    let proxy = Proxy::start(&yaml(dns, &dns_a(port), None, "")).await?;
+    proxy.wait_ready().await?;
+    Ok(proxy)
+}
+
 /// The endpoint addresses of cluster `name` in `/clusters`, with their weights.
 async fn endpoints(proxy: &Proxy, name: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let c = proxy.cluster(name).await?;
-    let eps = c["endpoints"]
-        .as_array()
-        .ok_or_else(|| anyhow!("no endpoints list: {c}"))?;
-    Ok(eps
-        .iter()
-        .map(|e| {
-            (
-                e["address"].as_str().unwrap_or_default().to_string(),
-                e["weight"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect())
+    proxy
+        .endpoints(name, |e| e["weight"].as_u64().unwrap_or(0))
+        .await
+}
+
+/// `(replica, weight)` pairs as [`endpoints`] shows them.
+fn weights(eps: &[(&Replica, u64)]) -> BTreeMap<String, u64> {
+    eps.iter().map(|(r, w)| (r.id(), *w)).collect()
+}
+
+/// Wait until `/clusters` shows exactly `want` (replica, weight) for `web`.
+async fn wait_weights(proxy: &Proxy, want: &[(&Replica, u64)]) -> anyhow::Result<()> {
+    let want = weights(want);
+    eventually(FOLLOW, || async {
+        let eps = endpoints(proxy, "web").await?;
+        ensure!(eps == want, "/clusters shows {eps:?}, want {want:?}");
+        Ok(())
+    })
+    .await
 }
 
 /// Wait until `/clusters` lists exactly `want` (addresses) for `web`.
@@ -220,6 +263,23 @@ async fn wait_endpoints(proxy: &Proxy, want: &[&Replica], limit: Duration) -> an
         Ok(())
     })
     .await
+}
+
+/// `n` GETs of `/` on `c`, each answered 200, counted by the replica that answered.
+async fn count_replies(c: &mut HttpClient, n: usize) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut seen = BTreeMap::<String, u32>::new();
+    for _ in 0..n {
+        let (parts, body) = c.get("/").await?;
+        ensure!(parts.status == 200, "{parts:?} {}", body.text());
+        *seen
+            .entry(
+                header_str(&parts.headers, "x-replica")
+                    .unwrap_or("?")
+                    .to_string(),
+            )
+            .or_default() += 1;
+    }
+    Ok(seen)
 }
 
 async fn dns_failures(proxy: &Proxy) -> anyhow::Result<f64> {
@@ -236,9 +296,7 @@ async fn dns_failures(proxy: &Proxy) -> anyhow::Result<f64> {
 /// Scale 1 → 3 → 2 under load with `upstream` (http1 | http2) toward the replicas.
 async fn scale_1_3_2(upstream: &str) -> anyhow::Result<()> {
     let mut r = replicas(3).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     let y = yaml(&dns, &dns_a(r[0].addr().port()), None, "")
         .replace("protocol: http2", &format!("protocol: {upstream}"));
     let proxy = Proxy::start(&y).await?;
@@ -302,11 +360,9 @@ async fn scale_1_3_2(upstream: &str) -> anyhow::Result<()> {
 
     // The pod is gone for good (listener and connections): nothing notices.
     drop(r.remove(0));
-    let a = traffic.tally();
-    let b = traffic.wait_more(200).await?;
-    for x in &r {
-        ensure!(b.of(x) > a.of(x), "{} got no traffic: {b:?}", x.id());
-    }
+    traffic
+        .wait_each_answers(200, &r, "with the pod gone")
+        .await?;
 
     let t = traffic.stop().await;
     assert!(
@@ -334,9 +390,7 @@ async fn traffic_follows_dns_as_replicas_scale_1_3_2_without_a_failed_request_ht
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_shorter_than_refresh_brings_the_next_lookup_sooner() -> anyhow::Result<()> {
     let r = replicas(2).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     let web = format!(
         "dns: {{ name: {NAME}, port: {}, refresh: 60s }}",
         r[0].addr().port()
@@ -400,23 +454,11 @@ async fn a_and_aaaa_records_both_become_endpoints() -> anyhow::Result<()> {
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_ips(NAME, &[v4.ip(), v6.ip()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(v4.addr().port()), None, "")).await?;
-    proxy.wait_ready().await?;
+    let proxy = ready_proxy(&dns, v4.addr().port()).await?;
     wait_endpoints(&proxy, &[&v4, &v6], Duration::from_secs(5)).await?;
 
     let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
-    let mut seen = BTreeMap::<String, u32>::new();
-    for _ in 0..20 {
-        let (parts, body) = c.get("/").await?;
-        ensure!(parts.status == 200, "{parts:?} {}", body.text());
-        *seen
-            .entry(
-                header_str(&parts.headers, "x-replica")
-                    .unwrap_or("?")
-                    .to_string(),
-            )
-            .or_default() += 1;
-    }
+    let seen = count_replies(&mut c, 20).await?;
     assert_eq!(seen.get(&v4.id()), Some(&10), "{seen:?}");
     assert_eq!(seen.get(&v6.id()), Some(&10), "{seen:?}");
 
@@ -437,7 +479,6 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
     let r1 = Replica::start(SocketAddr::from(([127, 0, 0, 2], 0))).await?;
     let r2 = Replica::start(SocketAddr::from(([127, 0, 0, 3], 0))).await?;
     let r3 = Replica::start(SocketAddr::from(([127, 0, 0, 4], 0))).await?;
-    let srv_name = "_http._tcp.web.skiff.test";
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     for (host, r) in [
@@ -448,7 +489,7 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
         dns.set_a(host, &[r.v4()]);
     }
     dns.set_srv(
-        srv_name,
+        SRV_NAME,
         &[
             Srv::new(10, 3, r1.addr().port(), "r1.web.skiff.test"),
             Srv::new(10, 1, r2.addr().port(), "r2.web.skiff.test"),
@@ -456,29 +497,18 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
             Srv::new(20, 1, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
-    let web = format!("dns: {{ srv: {srv_name}, refresh: 1s }}");
+    let web = format!("dns: {{ srv: {SRV_NAME}, refresh: 1s }}");
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
     proxy.wait_ready().await?;
     let eps = endpoints(&proxy, "web").await?;
-    let want: BTreeMap<String, u64> = [(r1.id(), 3), (r2.id(), 1)].into_iter().collect();
     assert_eq!(
-        eps, want,
+        eps,
+        weights(&[(&r1, 3), (&r2, 1)]),
         "endpoints (address → weight) from the best SRV priority"
     );
 
     let mut c = HttpClient::connect(proxy.addr(), Proto::H2).await?;
-    let mut seen = BTreeMap::<String, u32>::new();
-    for _ in 0..400 {
-        let (parts, body) = c.get("/").await?;
-        ensure!(parts.status == 200, "{parts:?} {}", body.text());
-        *seen
-            .entry(
-                header_str(&parts.headers, "x-replica")
-                    .unwrap_or("?")
-                    .to_string(),
-            )
-            .or_default() += 1;
-    }
+    let seen = count_replies(&mut c, 400).await?;
     let (n1, n2) = (
         seen.get(&r1.id()).copied().unwrap_or(0),
         seen.get(&r2.id()).copied().unwrap_or(0),
@@ -498,35 +528,23 @@ async fn srv_records_give_ports_weights_and_priorities() -> anyhow::Result<()> {
     // set follows the new records (r1 leaves, r3 joins at weight 2).
     dns.set_srv_glue(false);
     dns.set_srv(
-        srv_name,
+        SRV_NAME,
         &[
             Srv::new(10, 1, r2.addr().port(), "r2.web.skiff.test"),
             Srv::new(10, 2, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
-    let want: BTreeMap<String, u64> = [(r2.id(), 1), (r3.id(), 2)].into_iter().collect();
-    eventually(FOLLOW, || async {
-        let eps = endpoints(&proxy, "web").await?;
-        ensure!(eps == want, "/clusters shows {eps:?}, want {want:?}");
-        Ok(())
-    })
-    .await?;
+    wait_weights(&proxy, &[(&r2, 1), (&r3, 2)]).await?;
 
     // Only the weights change: the same endpoints take the new ones.
     dns.set_srv(
-        srv_name,
+        SRV_NAME,
         &[
             Srv::new(10, 4, r2.addr().port(), "r2.web.skiff.test"),
             Srv::new(10, 1, r3.addr().port(), "r3.web.skiff.test"),
         ],
     );
-    let want: BTreeMap<String, u64> = [(r2.id(), 4), (r3.id(), 1)].into_iter().collect();
-    eventually(FOLLOW, || async {
-        let eps = endpoints(&proxy, "web").await?;
-        ensure!(eps == want, "/clusters shows {eps:?}, want {want:?}");
-        Ok(())
-    })
-    .await?;
+    wait_weights(&proxy, &[(&r2, 4), (&r3, 1)]).await?;
     Ok(())
 }
 
@@ -536,19 +554,18 @@ async fn srv_uses_the_next_priority_when_no_target_of_the_best_one_resolves() ->
     // RFC 2782: a client tries the lowest-numbered priority it can reach. A
     // target with no address cannot be reached, so priority 20 serves.
     let backup = Replica::start(SocketAddr::from(([127, 0, 0, 3], 0))).await?;
-    let srv_name = "_http._tcp.web.skiff.test";
     let dns = DnsServer::empty().await?;
     dns.set_ttl(1);
     dns.set_a("backup.web.skiff.test", &[backup.v4()]);
     dns.set_srv(
-        srv_name,
+        SRV_NAME,
         &[
             // A stale record: its target name is gone (NXDOMAIN).
             Srv::new(10, 1, backup.addr().port(), "gone.web.skiff.test"),
             Srv::new(20, 1, backup.addr().port(), "backup.web.skiff.test"),
         ],
     );
-    let web = format!("dns: {{ srv: {srv_name}, refresh: 1s }}");
+    let web = format!("dns: {{ srv: {SRV_NAME}, refresh: 1s }}");
     let proxy = Proxy::start(&yaml(&dns, &web, None, "")).await?;
     proxy.wait_ready().await?;
     wait_endpoints(&proxy, &[&backup], Duration::from_secs(5))
@@ -565,19 +582,16 @@ async fn srv_without_records_falls_back_to_a_records_when_name_and_port_are_give
 ) -> anyhow::Result<()> {
     let r = replicas(3).await?;
     let port = r[0].addr().port();
-    let srv_name = "_http._tcp.web.skiff.test";
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     // `web` may fall back; `bare` (srv only) has nothing to fall back to.
-    let web = format!("dns: {{ srv: {srv_name}, name: {NAME}, port: {port}, refresh: 1s }}");
+    let web = format!("dns: {{ srv: {SRV_NAME}, name: {NAME}, port: {port}, refresh: 1s }}");
     let mut y = yaml(&dns, &web, None, "");
     y = y.replace(
         "          - match: { prefix: \"/\" }",
         "          - match: { prefix: \"/bare/\" }\n            cluster: bare\n          - match: { prefix: \"/\" }",
     );
     y += &format!(
-        "  - name: bare\n    protocol: http2\n    dns: {{ srv: {srv_name}, refresh: 1s }}\n"
+        "  - name: bare\n    protocol: http2\n    dns: {{ srv: {SRV_NAME}, refresh: 1s }}\n"
     );
     let proxy = Proxy::start(&y).await?;
     proxy.wait_ready().await?;
@@ -599,13 +613,13 @@ async fn srv_without_records_falls_back_to_a_records_when_name_and_port_are_give
 
     // The SRV name exists without SRV records (NOERROR, no answer): still A,
     // and the A records are followed as they change.
-    dns.set_a(srv_name, &[]);
+    dns.set_a(SRV_NAME, &[]);
     dns.set_a(NAME, &[r[1].v4()]);
     wait_endpoints(&proxy, &[&r[1]], FOLLOW).await?;
 
     // SRV records appear: they win over the fallback.
     dns.set_a("r3.web.skiff.test", &[r[2].v4()]);
-    dns.set_srv(srv_name, &[Srv::new(10, 1, port, "r3.web.skiff.test")]);
+    dns.set_srv(SRV_NAME, &[Srv::new(10, 1, port, "r3.web.skiff.test")]);
     wait_endpoints(&proxy, &[&r[2]], FOLLOW).await?;
     let (parts, _) = c.get("/").await?;
     assert_eq!(
@@ -618,11 +632,8 @@ async fn srv_without_records_falls_back_to_a_records_when_name_and_port_are_give
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> anyhow::Result<()> {
     let r = replicas(2).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4(), r[1].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
-    proxy.wait_ready().await?;
+    let dns = dns_with(&[r[0].v4(), r[1].v4()]).await?;
+    let proxy = ready_proxy(&dns, r[0].addr().port()).await?;
     let traffic = Traffic::start(proxy.addr());
     traffic.wait_more(50).await?;
     ensure!(dns_failures(&proxy).await? == 0.0, "no failure yet");
@@ -638,15 +649,9 @@ async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> an
         Ok(())
     })
     .await?;
-    let a = traffic.tally();
-    let b = traffic.wait_more(200).await?;
-    for x in &r {
-        ensure!(
-            b.of(x) > a.of(x),
-            "during SERVFAIL {} got no traffic: {b:?}",
-            x.id()
-        );
-    }
+    traffic
+        .wait_each_answers(200, &r, "during SERVFAIL")
+        .await?;
     wait_endpoints(&proxy, &[&r[0], &r[1]], Duration::from_secs(1)).await?;
     let healthy = proxy
         .metric(
@@ -671,15 +676,9 @@ async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> an
         Ok(())
     })
     .await?;
-    let a = traffic.tally();
-    let b = traffic.wait_more(200).await?;
-    for x in &r {
-        ensure!(
-            b.of(x) > a.of(x),
-            "while DNS is silent {} got no traffic: {b:?}",
-            x.id()
-        );
-    }
+    traffic
+        .wait_each_answers(200, &r, "while DNS is silent")
+        .await?;
 
     // DNS answers again, with one replica fewer: followed.
     dns.set_a(NAME, &[r[1].v4()]);
@@ -700,9 +699,7 @@ async fn a_failed_lookup_keeps_the_last_endpoints_and_counts_the_failure() -> an
 async fn nxdomain_empties_the_cluster_and_other_clusters_keep_working() -> anyhow::Result<()> {
     let r = replicas(1).await?;
     let static_backend = HttpBackend::start().await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     let proxy = Proxy::start(&yaml(
         &dns,
         &dns_a(r[0].addr().port()),
@@ -794,9 +791,7 @@ async fn nxdomain_empties_the_cluster_and_other_clusters_keep_working() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_waits_for_the_first_dns_answer() -> anyhow::Result<()> {
     let r = replicas(1).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     dns.set_behaviour(Behaviour::Silent);
     let proxy = Proxy::start(&yaml(
         &dns,
@@ -861,11 +856,8 @@ async fn ready_after_the_discovery_timeout_with_the_cluster_empty() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()> {
     let r = replicas(3).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4(), r[1].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
-    proxy.wait_ready().await?;
+    let dns = dns_with(&[r[0].v4(), r[1].v4()]).await?;
+    let proxy = ready_proxy(&dns, r[0].addr().port()).await?;
 
     let steps: [&[&Replica]; 3] = [&[&r[0], &r[1]], &[&r[0], &r[1], &r[2]], &[&r[2]]];
     for step in steps {
@@ -920,9 +912,7 @@ async fn clusters_view_and_endpoint_gauge_follow_the_set() -> anyhow::Result<()>
 /// removed endpoint's connections close after it.
 async fn removed_endpoint_finishes_its_request(upstream: &str) -> anyhow::Result<()> {
     let r = replicas(2).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     let y = yaml(&dns, &dns_a(r[0].addr().port()), None, "")
         .replace("protocol: http2", &format!("protocol: {upstream}"));
     let proxy = Proxy::start(&y).await?;
@@ -1045,11 +1035,8 @@ async fn the_test_dns_server_answers_like_a_real_one() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_that_stay_keep_their_connection_across_changes() -> anyhow::Result<()> {
     let r = replicas(3).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
-    proxy.wait_ready().await?;
+    let dns = dns_with(&[r[0].v4()]).await?;
+    let proxy = ready_proxy(&dns, r[0].addr().port()).await?;
     let traffic = Traffic::start(proxy.addr());
     traffic.wait_more(50).await?;
     let first = r[0].accepted();
@@ -1089,8 +1076,7 @@ async fn a_large_answer_comes_over_tcp() -> anyhow::Result<()> {
     let dns = DnsServer::empty().await?;
     let ips: Vec<Ipv4Addr> = (0..150u8).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect();
     dns.set_a(NAME, &ips);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(9), None, "")).await?;
-    proxy.wait_ready().await?;
+    let proxy = ready_proxy(&dns, 9).await?;
     let eps = endpoints(&proxy, "web").await?;
     assert_eq!(eps.len(), 150, "{eps:?}");
     assert!(dns.tcp_queries() > 0, "the answer never went over TCP");
@@ -1124,8 +1110,7 @@ async fn a_ttl_longer_than_refresh_does_not_delay_the_next_lookup() -> anyhow::R
     let dns = DnsServer::empty().await?;
     dns.set_ttl(300);
     dns.set_a(NAME, &[r[0].v4()]);
-    let proxy = Proxy::start(&yaml(&dns, &dns_a(r[0].addr().port()), None, "")).await?;
-    proxy.wait_ready().await?;
+    let proxy = ready_proxy(&dns, r[0].addr().port()).await?;
     wait_endpoints(&proxy, &[&r[0]], Duration::from_secs(1)).await?;
     dns.set_a(NAME, &[r[1].v4()]);
     wait_endpoints(&proxy, &[&r[1]], FOLLOW)
@@ -1140,9 +1125,7 @@ async fn a_ttl_longer_than_refresh_does_not_delay_the_next_lookup() -> anyhow::R
 /// before the reload; else it answers, 300ms late.
 async fn reload_keeps_a_dns_cluster_serving(dns_down: bool) -> anyhow::Result<()> {
     let r = replicas(1).await?;
-    let dns = DnsServer::empty().await?;
-    dns.set_ttl(1);
-    dns.set_a(NAME, &[r[0].v4()]);
+    let dns = dns_with(&[r[0].v4()]).await?;
     let before = yaml(&dns, &dns_a(r[0].addr().port()), None, "");
     let after = before.replace("refresh: 1s", "refresh: 2s");
     let proxy = Proxy::start_reloading(&before).await?;

@@ -131,19 +131,11 @@ async fn endpoints_in(proxy: &Proxy, state: &str) -> anyhow::Result<f64> {
 
 /// Health of each endpoint in `/clusters`, by address.
 async fn health(proxy: &Proxy) -> anyhow::Result<BTreeMap<String, String>> {
-    let c = proxy.cluster(CLUSTER).await?;
-    let eps = c["endpoints"]
-        .as_array()
-        .ok_or_else(|| anyhow!("no endpoints list: {c}"))?;
-    Ok(eps
-        .iter()
-        .map(|e| {
-            (
-                e["address"].as_str().unwrap_or_default().to_string(),
-                e["health"].as_str().unwrap_or_default().to_string(),
-            )
+    proxy
+        .endpoints(CLUSTER, |e| {
+            e["health"].as_str().unwrap_or_default().to_string()
         })
-        .collect())
+        .await
 }
 
 async fn health_of(proxy: &Proxy, b: &FlakyBackend) -> anyhow::Result<String> {

@@ -2,6 +2,7 @@
 //! the test's runtime, stopped when the test ends; or run from a config file
 //! it reloads, as `skiff run` does.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -161,6 +162,28 @@ impl Proxy {
             .and_then(|cs| cs.iter().find(|c| c["name"] == name))
             .cloned()
             .ok_or_else(|| anyhow!("no cluster {name} in /clusters: {body}"))
+    }
+
+    /// The endpoints of cluster `name` in `/clusters` by address, each
+    /// read by `read` (its weight, its health, …).
+    pub async fn endpoints<T>(
+        &self,
+        name: &str,
+        read: impl Fn(&serde_json::Value) -> T,
+    ) -> anyhow::Result<BTreeMap<String, T>> {
+        let c = self.cluster(name).await?;
+        let eps = c["endpoints"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no endpoints list: {c}"))?;
+        Ok(eps
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap_or_default().to_string(),
+                    read(e),
+                )
+            })
+            .collect())
     }
 
     /// Wait until `/ready` answers 200 (15s at most: a `dns:` cluster may
