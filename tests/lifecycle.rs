@@ -12,7 +12,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,8 +77,12 @@ fn signal(skiff: &SkiffProcess, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    Ok(http_get(addr, path).await?.0.as_u16())
+}
+
 async fn ready(admin: SocketAddr) -> anyhow::Result<u16> {
-    Ok(http_get(admin, "/ready").await?.0.as_u16())
+    get_status(admin, "/ready").await
 }
 
 async fn admin_post(admin: SocketAddr, path: &str) -> anyhow::Result<u16> {
@@ -113,12 +117,17 @@ fn log_tail(skiff: &SkiffProcess) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// Wait (bounded) for the process to exit.
-async fn exit_status(skiff: &mut SkiffProcess, limit: Duration) -> anyhow::Result<ExitStatus> {
+/// Wait (bounded) for the process to exit, with status 0.
+async fn exits_0(skiff: &mut SkiffProcess, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = skiff.child.0.try_wait()? {
-            return Ok(status);
+            ensure!(
+                status.code() == Some(0),
+                "exit status {status}:\n{}",
+                log_tail(skiff)
+            );
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
@@ -314,13 +323,8 @@ async fn sigterm_drains_streams_and_slow_calls_then_exits_0() -> anyhow::Result<
     );
 
     // And the process exits 0 once they have, not at drain.timeout.
-    let status = exit_status(&mut skiff, TIMEOUT + Duration::from_secs(5)).await?;
+    exits_0(&mut skiff, TIMEOUT + Duration::from_secs(5)).await?;
     let exited_at = signalled.elapsed();
-    ensure!(
-        status.code() == Some(0),
-        "exit status {status}:\n{}",
-        log_tail(&skiff)
-    );
     ensure!(
         exited_at < TIMEOUT - Duration::from_secs(2),
         "exited {exited_at:?} after SIGTERM: it waited for drain.timeout though nothing was left"
@@ -361,13 +365,8 @@ async fn drain_timeout_bounds_a_stream_that_does_not_end() -> anyhow::Result<()>
     .await?;
     let signalled = Instant::now();
     signal(&skiff, "TERM")?;
-    let status = exit_status(&mut skiff, Duration::from_secs(10)).await?;
+    exits_0(&mut skiff, Duration::from_secs(10)).await?;
     let took = signalled.elapsed();
-    ensure!(
-        status.code() == Some(0),
-        "exit status {status}:\n{}",
-        log_tail(&skiff)
-    );
     ensure!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "drain.timeout is 2s, but the process exited {took:?} after SIGTERM"
@@ -463,12 +462,7 @@ async fn outbound_listener_serves_the_app_until_the_app_closes() -> anyhow::Resu
     // The app is done and closes its connection: the sidecar stops.
     drop(app);
     let closed = Instant::now();
-    let status = exit_status(&mut skiff, Duration::from_secs(10)).await?;
-    ensure!(
-        status.code() == Some(0),
-        "exit status {status}:\n{}",
-        log_tail(&skiff)
-    );
+    exits_0(&mut skiff, Duration::from_secs(10)).await?;
     ensure!(
         closed.elapsed() < Duration::from_secs(3),
         "exited {:?} after the app closed its connection ({:?} after SIGTERM)",
@@ -510,12 +504,7 @@ async fn post_drain_fails_readiness_and_stops_listeners_then_post_shutdown_exits
         admin_post(skiff.admin, "/shutdown").await? == 200,
         "POST /shutdown"
     );
-    let status = exit_status(&mut skiff, Duration::from_secs(10)).await?;
-    ensure!(
-        status.code() == Some(0),
-        "exit status {status}:\n{}",
-        log_tail(&skiff)
-    );
+    exits_0(&mut skiff, Duration::from_secs(10)).await?;
     Ok(())
 }
 
@@ -552,12 +541,7 @@ async fn post_shutdown_drains_then_exits_0() -> anyhow::Result<()> {
         parts.status,
         body.text()
     );
-    let status = exit_status(&mut skiff, Duration::from_secs(10)).await?;
-    ensure!(
-        status.code() == Some(0),
-        "exit status {status}:\n{}",
-        log_tail(&skiff)
-    );
+    exits_0(&mut skiff, Duration::from_secs(10)).await?;
     Ok(())
 }
 
@@ -728,10 +712,6 @@ fn write_atomically(path: &Path, yaml: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, yaml)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    Ok(http_get(addr, path).await?.0.as_u16())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
