@@ -85,8 +85,11 @@ fn validate_accepts_a_good_config() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Line, column and the rest of a `file:line:col: path: message` line.
+type ErrorLine = (usize, usize, String);
+
 /// The `file:line:col: path: message` lines of validate's output.
-fn error_lines(text: &str, file: &str) -> Vec<(usize, usize, String)> {
+fn error_lines(text: &str, file: &str) -> Vec<ErrorLine> {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(file)?.strip_prefix(':')?;
@@ -98,21 +101,28 @@ fn error_lines(text: &str, file: &str) -> Vec<(usize, usize, String)> {
         .collect()
 }
 
+/// `skiff validate` on `yaml`, which must exit 1: the file's name, the
+/// whole output and its error lines.
+fn validate_rejects(yaml: &str) -> anyhow::Result<(String, String, Vec<ErrorLine>)> {
+    let dir = ScratchDir::new("cli")?;
+    let path = dir.write("bad.yaml", yaml)?;
+    let file = path.display().to_string();
+    let out = skiff(&["validate", "--config", &file])?;
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let errors = error_lines(&text, &file);
+    Ok((file, text, errors))
+}
+
 #[test]
 fn validate_reports_an_unknown_key_with_its_line() -> anyhow::Result<()> {
-    let dir = ScratchDir::new("cli")?;
     // Line 17 has a key the schema does not know.
     let bad = GOOD.replace(
         "    protocol: http2\n",
         "    protocol: http2\n    colour: blue\n",
     );
     assert_eq!(bad.lines().nth(16), Some("    colour: blue"));
-    let path = dir.write("bad.yaml", &bad)?;
-    let file = path.display().to_string();
-    let out = skiff(&["validate", "--config", &file])?;
-    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
-    let text = format!("{}{}", out.stdout, out.stderr);
-    let errors = error_lines(&text, &file);
+    let (file, text, errors) = validate_rejects(&bad)?;
     assert!(
         errors
             .iter()
@@ -124,7 +134,6 @@ fn validate_reports_an_unknown_key_with_its_line() -> anyhow::Result<()> {
 
 #[test]
 fn validate_reports_every_rule_error_with_path_and_line() -> anyhow::Result<()> {
-    let dir = ScratchDir::new("cli")?;
     // Two routes naming clusters that do not exist, on lines 12 and 15.
     let bad = GOOD.replace(
         "            cluster: inventory\n            timeout: 2s\n",
@@ -132,12 +141,7 @@ fn validate_reports_every_rule_error_with_path_and_line() -> anyhow::Result<()> 
     );
     assert_eq!(bad.lines().nth(11), Some("            cluster: invntory"));
     assert_eq!(bad.lines().nth(14), Some("            cluster: missing"));
-    let path = dir.write("bad.yaml", &bad)?;
-    let file = path.display().to_string();
-    let out = skiff(&["validate", "--config", &file])?;
-    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
-    let text = format!("{}{}", out.stdout, out.stderr);
-    let errors = error_lines(&text, &file);
+    let (file, text, errors) = validate_rejects(&bad)?;
     for (line, path, name) in [
         (
             12,
