@@ -188,6 +188,19 @@ fn book_and_two_mugs() -> PlaceOrderRequest {
     }
 }
 
+/// The shop with `faults`, and the error that placing the order ends in.
+async fn failed_order(faults: Faults) -> (Shop, tonic::Status) {
+    let shop = Shop::start(faults).await;
+    let mut client = shop.client();
+    let err = within(LIMIT, "PlaceOrder", async {
+        Ok(client.place_order(book_and_two_mugs()).await)
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    (shop, err)
+}
+
 async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
     proxy.metric(name, labels).await.unwrap()
 }
@@ -256,19 +269,11 @@ async fn an_order_is_placed_and_delivered_through_four_proxies() {
 
 #[tokio::test]
 async fn an_unavailable_payment_is_tried_three_times() {
-    let shop = Shop::start(Faults {
+    let (shop, err) = failed_order(Faults {
         payment_failure_rate: 1.0,
         ..Faults::default()
     })
     .await;
-    let mut client = shop.client();
-
-    let err = within(LIMIT, "PlaceOrder", async {
-        Ok(client.place_order(book_and_two_mugs()).await)
-    })
-    .await
-    .unwrap()
-    .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
         err.message().starts_with("payment: card network busy"),
@@ -294,19 +299,11 @@ async fn an_unavailable_payment_is_tried_three_times() {
 
 #[tokio::test]
 async fn a_slow_inventory_runs_out_of_time() {
-    let shop = Shop::start(Faults {
+    let (shop, err) = failed_order(Faults {
         inventory_slow_rate: 1.0,
         ..Faults::default()
     })
     .await;
-    let mut client = shop.client();
-
-    let err = within(LIMIT, "PlaceOrder", async {
-        Ok(client.place_order(book_and_two_mugs()).await)
-    })
-    .await
-    .unwrap()
-    .unwrap_err();
     // Two tries of 300ms (config/shop/order.yaml), then the error says who
     // gave up: a proxy, not the app.
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
