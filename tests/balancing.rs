@@ -247,6 +247,30 @@ async fn get_as(c: &mut HttpClient, key: Option<&str>) -> anyhow::Result<String>
     who(&parts)
 }
 
+/// Ask for each of `keys` again on `c`, after `leaving` left: how many
+/// moved from their `home`. Only the keys `leaving` had may move.
+async fn moved_keys(
+    c: &mut HttpClient,
+    keys: &[String],
+    home: &BTreeMap<String, String>,
+    leaving: &Replica,
+) -> anyhow::Result<usize> {
+    let mut moved = 0;
+    for k in keys {
+        let now = get_as(c, Some(k)).await?;
+        let was = &home[k];
+        if now != *was {
+            moved += 1;
+            assert_eq!(
+                *was,
+                leaving.id(),
+                "{k} moved from {was} to {now}, though {was} stayed"
+            );
+        }
+    }
+    Ok(moved)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_keeps_keys_sticky_and_moves_about_one_nth_when_one_leaves() -> anyhow::Result<()>
 {
@@ -300,19 +324,7 @@ async fn ring_hash_keeps_keys_sticky_and_moves_about_one_nth_when_one_leaves() -
     })
     .await?;
     let served_before = leaving.served();
-    let mut moved = 0;
-    for k in &keys {
-        let now = get_as(&mut a, Some(k)).await?;
-        let was = &home[k];
-        if now != *was {
-            moved += 1;
-            assert_eq!(
-                *was,
-                leaving.id(),
-                "{k} moved from {was} to {now}, though {was} stayed"
-            );
-        }
-    }
+    let moved = moved_keys(&mut a, &keys, &home, leaving).await?;
     let owned = per.get(&leaving.id()).copied().unwrap_or(0);
     assert_eq!(moved, owned, "exactly the leaving replica's keys move");
     assert!(
@@ -390,19 +402,7 @@ async fn ring_hash_moves_only_the_keys_of_an_endpoint_removed_from_the_config() 
     proxy
         .reload(&static_yaml("ring_hash", &rest, extra))
         .await?;
-    let mut moved = 0;
-    for k in &keys {
-        let now = get_as(&mut c, Some(k)).await?;
-        let was = &home[k];
-        if now != *was {
-            moved += 1;
-            assert_eq!(
-                *was,
-                leaving.id(),
-                "{k} moved from {was} to {now}, though {was} stayed"
-            );
-        }
-    }
+    let moved = moved_keys(&mut c, &keys, &home, leaving).await?;
     let owned = home.values().filter(|h| **h == leaving.id()).count();
     assert_eq!(moved, owned, "exactly the removed endpoint's keys move");
     assert!(
