@@ -81,6 +81,13 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(http_get(addr, path).await?.0.as_u16())
 }
 
+/// GET `path` at `addr` answers 200; `what` names the check when it does not.
+async fn expect_200(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
+    let s = get_status(addr, path).await?;
+    ensure!(s == 200, "{what}: GET {path} answered {s}");
+    Ok(())
+}
+
 async fn ready(admin: SocketAddr) -> anyhow::Result<u16> {
     get_status(admin, "/ready").await
 }
@@ -832,10 +839,7 @@ async fn reload_under_load_loses_no_request_and_a_broken_config_changes_nothing(
             http_get(admin, "/config_dump").await?.2 == dump,
             "{what}: the effective config changed"
         );
-        ensure!(
-            get_status(main, "/v2/x").await? == 200,
-            "{what}: /v2/ stopped answering"
-        );
+        expect_200(main, "/v2/x", &format!("{what}: /v2/ stopped answering")).await?;
         if let Some(line) = line {
             let logs = skiff.lines.joined();
             ensure!(
@@ -884,10 +888,7 @@ async fn sighup_reloads_the_config() -> anyhow::Result<()> {
         .await
         .context("SIGHUP reloads the config")?;
     still_running(&mut skiff)?;
-    ensure!(
-        get_status(main, "/api/x").await? == 200,
-        "traffic after SIGHUP"
-    );
+    expect_200(main, "/api/x", "traffic after SIGHUP").await?;
 
     // A change read on SIGHUP: it is applied once, not again by the poll.
     std::fs::write(&config, reload_yaml(b1.addr(), true))?;
@@ -960,14 +961,8 @@ clusters:
     // Any reload (here: a comment added) must leave each listener its routes.
     std::fs::write(&config, yaml("# touched\n"))?;
     wait_reloads(skiff.admin, "success", 1.0).await?;
-    ensure!(
-        get_status(inbound, "/in/2").await? == 200,
-        "inbound after the reload"
-    );
-    ensure!(
-        get_status(outbound, "/out/2").await? == 200,
-        "outbound after the reload"
-    );
+    expect_200(inbound, "/in/2", "inbound after the reload").await?;
+    expect_200(outbound, "/out/2", "outbound after the reload").await?;
     ensure!(
         hits(&inside, "/in/2") == 1,
         "after a reload the inbound listener no longer reaches local_app (listeners are matched by their address text, and both are 127.0.0.1:0)"
@@ -1008,14 +1003,8 @@ async fn reload_adds_and_removes_listeners_and_an_unbindable_one_changes_nothing
             .ok_or_else(|| anyhow!("no address logged for the new listener"))
     })
     .await?;
-    ensure!(
-        get_status(added, "/api/x").await? == 200,
-        "the added listener"
-    );
-    ensure!(
-        get_status(main, "/api/x").await? == 200,
-        "main, with a listener added"
-    );
+    expect_200(added, "/api/x", "the added listener").await?;
+    expect_200(main, "/api/x", "main, with a listener added").await?;
 
     // A listener that cannot be bound: the reload changes nothing.
     std::fs::write(&config, extra("192.0.2.1:1"))?;
@@ -1024,14 +1013,8 @@ async fn reload_adds_and_removes_listeners_and_an_unbindable_one_changes_nothing
         reloads(admin, "success").await? == 1.0,
         "counted as a success"
     );
-    ensure!(
-        get_status(added, "/api/x").await? == 200,
-        "extra, after a refused reload"
-    );
-    ensure!(
-        get_status(main, "/api/x").await? == 200,
-        "main, after a refused reload"
-    );
+    expect_200(added, "/api/x", "extra, after a refused reload").await?;
+    expect_200(main, "/api/x", "main, after a refused reload").await?;
 
     // Removed again: its port closes, main serves on.
     std::fs::write(&config, &base)?;
@@ -1039,10 +1022,7 @@ async fn reload_adds_and_removes_listeners_and_an_unbindable_one_changes_nothing
     eventually(Duration::from_secs(5), || refused(added))
         .await
         .context("a removed listener stops accepting")?;
-    ensure!(
-        get_status(main, "/api/x").await? == 200,
-        "main, with the listener removed"
-    );
+    expect_200(main, "/api/x", "main, with the listener removed").await?;
     Ok(())
 }
 
@@ -1080,10 +1060,7 @@ async fn reload_keeps_the_connection_pool_of_an_unchanged_cluster() -> anyhow::R
     let skiff = start(&config, &["main"]).await?;
     let main = skiff.listener("main")?;
     for i in 0..5 {
-        ensure!(
-            get_status(main, &format!("/api/{i}")).await? == 200,
-            "before the reload"
-        );
+        expect_200(main, &format!("/api/{i}"), "before the reload").await?;
     }
     ensure!(
         accepted.load(Ordering::SeqCst) == 1,
@@ -1095,14 +1072,8 @@ async fn reload_keeps_the_connection_pool_of_an_unchanged_cluster() -> anyhow::R
     std::fs::write(&config, yaml(true))?;
     wait_reloads(skiff.admin, "success", 1.0).await?;
     for i in 0..5 {
-        ensure!(
-            get_status(main, &format!("/api/{i}")).await? == 200,
-            "after the reload"
-        );
-        ensure!(
-            get_status(main, &format!("/v2/{i}")).await? == 200,
-            "the new route"
-        );
+        expect_200(main, &format!("/api/{i}"), "after the reload").await?;
+        expect_200(main, &format!("/v2/{i}"), "the new route").await?;
     }
     ensure!(
         accepted.load(Ordering::SeqCst) == 1,
