@@ -343,6 +343,7 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
         "wall_s": started.elapsed().as_secs_f64(),
         "loadavg_start": loadavg_start,
         "loadavg_end": loadavg(),
+        "others_cpu_share_mean": results.noise_mean(),
     });
     println!();
     println!(
@@ -361,6 +362,16 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     print!("{}", results.table(&names));
     println!();
     println!("median over rounds ±half the spread · ×d: ratio to direct · +: added over direct · ×s: ratio to skiff");
+    let noise = results.noise_mean();
+    println!(
+        "other work on the machine: {:.0}% of the two CPUs on average during the measured windows{}",
+        noise * 100.0,
+        if noise > 0.1 {
+            " — throughput and latency are unreliable; CPU per call still holds"
+        } else {
+            ""
+        }
+    );
     let json_path = args.json.clone().unwrap_or_else(|| {
         manifest
             .join("bench-results")
@@ -559,6 +570,7 @@ async fn measure(
             "cpu_ticks_ns": w.after.ticks_ns.saturating_sub(w.before.ticks_ns),
             "rss_kib": w.after.rss_kib,
             "machine_busy_cpu0_cpu1": procstat::busy_between(&w.before, &w.after),
+            "others_cpu_share": procstat::others_between(&w.before, &w.after),
             "hwm_kib": w.after.hwm_kib,
             "latency_us": {
                 "p50": us(w.latency.value_at_quantile(0.5)),
@@ -599,12 +611,9 @@ async fn measure(
         if w.errors > 0 {
             summary.push(format!("{} errors", w.errors));
         }
-        let [cpu0, cpu1] = procstat::busy_between(&w.before, &w.after);
-        summary.push(format!(
-            "[CPU0 {:.0}% CPU1 {:.0}% busy]",
-            cpu0 * 100.0,
-            cpu1 * 100.0
-        ));
+        let others = procstat::others_between(&w.before, &w.after);
+        results.noise.push(others);
+        summary.push(format!("[other work: {:.0}% of 2 CPUs]", others * 100.0));
     }
     Ok(summary.join(", "))
 }

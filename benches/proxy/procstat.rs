@@ -23,6 +23,8 @@ pub struct Sample {
     /// busy the machine was, whoever used it.
     pub cpu_busy: [u64; 2],
     pub cpu_total: [u64; 2],
+    /// Run time of this process (load generator and backend), ns.
+    pub harness_ns: u64,
 }
 
 impl Sample {
@@ -143,10 +145,28 @@ fn machine_cpus(s: &mut Sample) {
     }
 }
 
+/// The share of the two CPUs that processes other than the harness and
+/// the target used between two samples: how noisy the window was.
+pub fn others_between(a: &Sample, b: &Sample) -> f64 {
+    let total: u64 = (0..2)
+        .map(|i| b.cpu_total[i].saturating_sub(a.cpu_total[i]))
+        .sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let busy_ns = (0..2)
+        .map(|i| b.cpu_busy[i].saturating_sub(a.cpu_busy[i]))
+        .sum::<u64>()
+        * ns_per_tick();
+    let ours = b.harness_ns.saturating_sub(a.harness_ns) + a.cpu_ns_until(b);
+    (busy_ns.saturating_sub(ours)) as f64 / (total * ns_per_tick()) as f64
+}
+
 /// Read the processes `pids` (and the machine's CPUs) now.
 pub fn sample(pids: &[u32]) -> Sample {
     let mut s = Sample::default();
     machine_cpus(&mut s);
+    s.harness_ns = sched_ns(std::process::id());
     for &pid in pids {
         if let Some(f) = stat_fields(pid) {
             // utime and stime are fields 14 and 15: indexes 11 and 12 here.

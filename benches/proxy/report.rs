@@ -128,6 +128,8 @@ pub struct Results {
     values: BTreeMap<(String, String), Vec<f64>>,
     raw: Vec<Value>,
     pub errors: Vec<String>,
+    /// Per measured window: the share of the CPUs other processes used.
+    pub noise: Vec<f64>,
 }
 
 impl Results {
@@ -137,6 +139,14 @@ impl Results {
                 .entry((key.to_string(), target.to_string()))
                 .or_default()
                 .push(value);
+        }
+    }
+
+    pub fn noise_mean(&self) -> f64 {
+        if self.noise.is_empty() {
+            0.0
+        } else {
+            self.noise.iter().sum::<f64>() / self.noise.len() as f64
         }
     }
 
