@@ -110,6 +110,21 @@ impl Drop for ChildGuard {
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
+    /// Spawn `cmd` (`what` names it in the error) with its stdout and stderr
+    /// piped and followed here.
+    fn spawn(cmd: &mut Command, what: &str) -> anyhow::Result<(ChildGuard, Lines)> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = ChildGuard(cmd.spawn().with_context(|| format!("spawn {what}"))?);
+        let lines = Lines::default();
+        if let Some(o) = child.0.stdout.take() {
+            lines.follow(o);
+        }
+        if let Some(e) = child.0.stderr.take() {
+            lines.follow(e);
+        }
+        Ok((child, lines))
+    }
+
     fn follow(&self, r: impl Read + Send + 'static) {
         let lines = self.clone();
         std::thread::spawn(move || {
@@ -146,17 +161,8 @@ impl SkiffProcess {
         cmd.args(["run", "--config"])
             .arg(config)
             .env("SKIFF_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().context("spawn skiff run")?);
-        let lines = Lines::default();
-        if let Some(o) = child.0.stdout.take() {
-            lines.follow(o);
-        }
-        if let Some(e) = child.0.stderr.take() {
-            lines.follow(e);
-        }
+            .stdin(Stdio::null());
+        let (mut child, lines) = Lines::spawn(&mut cmd, "skiff run")?;
         let found = eventually_blocking(Duration::from_secs(20), || {
             if let Some(status) = child.0.try_wait()? {
                 bail!(
@@ -259,17 +265,8 @@ impl PythonGrpcServer {
         let mut cmd = Command::new("python3");
         cmd.arg(grpc_peer_script())
             .arg("server")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().context("spawn python3 grpc_peer.py server")?);
-        let lines = Lines::default();
-        if let Some(o) = child.0.stdout.take() {
-            lines.follow(o);
-        }
-        if let Some(e) = child.0.stderr.take() {
-            lines.follow(e);
-        }
+            .stdin(Stdio::piped());
+        let (mut child, lines) = Lines::spawn(&mut cmd, "python3 grpc_peer.py server")?;
         let addr = eventually_blocking(Duration::from_secs(20), || {
             if let Some(status) = child.0.try_wait()? {
                 bail!("python server exited with {status}:\n{}", lines.joined());
