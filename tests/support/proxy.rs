@@ -300,28 +300,18 @@ impl ProxyConfig {
                 y += &format!("      {l}\n");
             }
         }
-        let domains: Vec<String> = self
-            .domains
-            .iter()
-            .map(|d| serde_json::json!(d).to_string())
-            .collect();
         y += &format!(
             "    virtual_hosts:\n      - name: all\n        domains: [{}]\n        routes:\n          - match: {{ prefix: {} }}\n            cluster: backend\n",
-            domains.join(", "),
+            quoted(&self.domains),
             serde_json::json!(self.prefix)
         );
         if let Some(t) = &self.timeout {
             y += &format!("            timeout: {t}\n");
         }
-        let endpoints: Vec<String> = self
-            .endpoints
-            .iter()
-            .map(|e| serde_json::json!(e).to_string())
-            .collect();
         y += &format!(
             "clusters:\n  - name: backend\n    protocol: {}\n    endpoints: [{}]\n",
             self.protocol,
-            endpoints.join(", ")
+            quoted(&self.endpoints)
         );
         y
     }
@@ -329,4 +319,13 @@ impl ProxyConfig {
     pub async fn start(&self) -> anyhow::Result<Proxy> {
         Proxy::start(&self.render()).await
     }
+}
+
+/// `items` quoted and joined, the inside of a YAML flow list.
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| serde_json::json!(i).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
