@@ -153,6 +153,16 @@ fn still_running(skiff: &mut SkiffProcess) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait (bounded) until `what`, in flight, has reached its backend: `seen`
+/// counts what the backend got.
+async fn wait_arrived(what: &str, seen: impl Fn() -> usize) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(5), || async {
+        ensure!(seen() > 0, "{what} has not reached the backend");
+        Ok(())
+    })
+    .await
+}
+
 /// `Ok` once a TCP connect to `addr` is refused (nothing listens any more).
 async fn refused(addr: SocketAddr) -> anyhow::Result<()> {
     match tokio::net::TcpStream::connect(addr).await {
@@ -362,14 +372,7 @@ async fn drain_timeout_bounds_a_stream_that_does_not_end() -> anyhow::Result<()>
         .into_inner();
     let _reader =
         support::AbortOnDrop::spawn(async move { while let Ok(Some(_)) = s.message().await {} });
-    eventually(Duration::from_secs(5), || async {
-        ensure!(
-            !grpc.seen().is_empty(),
-            "the stream has not reached the backend"
-        );
-        Ok(())
-    })
-    .await?;
+    wait_arrived("the stream", || grpc.seen().len()).await?;
     let signalled = Instant::now();
     signal(&skiff, "TERM")?;
     exits_0(&mut skiff, Duration::from_secs(10)).await?;
@@ -525,14 +528,7 @@ async fn post_shutdown_drains_then_exits_0() -> anyhow::Result<()> {
 
     let mut c = HttpClient::connect(inbound, Proto::H2).await?;
     let slow = tokio::spawn(async move { c.get("/slow?delay_ms=1500").await });
-    eventually(Duration::from_secs(5), || async {
-        ensure!(
-            !web.seen().is_empty(),
-            "the request has not reached the app"
-        );
-        Ok(())
-    })
-    .await?;
+    wait_arrived("the request", || web.seen().len()).await?;
     ensure!(
         admin_post(skiff.admin, "/shutdown").await? == 200,
         "POST /shutdown"
