@@ -249,6 +249,11 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
         skiff_b: args.skiff_b.as_deref(),
     };
     let mut results = Results::default();
+    // Targets that would not start or died, and measurements that failed
+    // outright: the run reports them and exits non-zero, so a check that
+    // runs `--quick` notices a broken harness or proxy. (Failed calls inside
+    // a measurement that otherwise worked, as under overload, are listed only.)
+    let mut failures = 0usize;
     let mut running: Vec<Target> = Vec::new();
     for name in &args.targets {
         let Some(name) = targets::ALL.iter().find(|t| **t == name.as_str()) else {
@@ -265,6 +270,7 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
                 results
                     .errors
                     .push(format!("{name}: could not start: {e:#}"));
+                failures += 1;
             }
         }
     }
@@ -300,6 +306,7 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
                 if let Err(e) = t.check_alive() {
                     println!("{e:#}");
                     results.errors.push(format!("{e:#}"));
+                    failures += 1;
                     dead.push(t.name);
                     continue;
                 }
@@ -314,6 +321,7 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
                     Err(e) => {
                         eprintln!("{label}: FAILED: {e:#}");
                         results.errors.push(format!("{label}: {e:#}"));
+                        failures += 1;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -393,6 +401,9 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     }
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
+    if failures > 0 {
+        bail!("{failures} target(s) or measurement(s) failed; see above");
+    }
     Ok(())
 }
 
