@@ -168,6 +168,7 @@ fn listener_state(
             passthrough: l.passthrough,
             opaque_ports: l.opaque_ports.clone(),
             detect_timeout: l.limits.detect_timeout.get(),
+            connection_idle_timeout: l.limits.connection_idle_timeout.get(),
             connect_timeout: std::time::Duration::from_secs(1),
         }),
         passthrough,

@@ -675,6 +675,7 @@ const DURATION_KEYS: &[&str] = &[
     "connect_timeout",
     "delay",
     "detect_timeout",
+    "connection_idle_timeout",
     "stream_idle_timeout",
     "per_try_timeout",
     "header_read_timeout",

@@ -189,6 +189,10 @@ pub struct ListenerLimits {
     /// Default 30s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Close a downstream connection with no request in flight for this
+    /// long (HTTP/2; HTTP/1.1 is bounded by `header_read_timeout`). Default 1h.
+    #[serde(default = "default_connection_idle_timeout")]
+    pub connection_idle_timeout: Dur,
     /// Time to tell HTTP from other protocols on a transparent listener;
     /// a client silent this long is taken for a server-first protocol. Default 1s.
     #[serde(default = "default_detect_timeout")]
@@ -212,6 +216,7 @@ impl Default for ListenerLimits {
             header_read_timeout: default_header_read_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
             detect_timeout: default_detect_timeout(),
+            connection_idle_timeout: default_connection_idle_timeout(),
             keepalive_interval: default_keepalive_interval(),
         }
     }
@@ -598,6 +603,9 @@ fn default_connection_window() -> u32 {
 }
 fn default_header_read_timeout() -> Dur {
     Dur::from_secs(30)
+}
+fn default_connection_idle_timeout() -> Dur {
+    Dur::from_secs(3600)
 }
 fn default_detect_timeout() -> Dur {
     Dur::from_secs(1)

@@ -5,6 +5,7 @@
 //! and every connection is asked to finish gracefully (GOAWAY for HTTP/2,
 //! `Connection: close` after the current response for HTTP/1.1).
 
+pub mod activity;
 pub mod detect;
 pub mod original_dst;
 pub mod tcp;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use activity::Activity;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use detect::Detected;
@@ -85,6 +87,8 @@ pub struct Serving {
     pub opaque_ports: Vec<u16>,
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Close a connection with no request in flight for this long.
+    pub connection_idle_timeout: Duration,
 }
 
 /// Accept and serve connections until `stop` turns true; then ask every
@@ -170,18 +174,34 @@ async fn serve_connection(
     }
     let io = TokioIo::new(detect::Rewind::new(prefix, stream));
     let requests = state.clone();
+    let activity = Activity::new();
+    let busy = activity.clone();
     let service = service_fn(move |req| {
         // Each request sees the config snapshot current when it arrives.
         let state = requests.load_full();
-        async move { Ok::<_, Infallible>(proxy::handle(state, conn, req).await) }
+        let guard = busy.request();
+        async move { Ok::<_, Infallible>(proxy::handle(state, conn, guard, req).await) }
     });
     let http = serving.builder.serve_connection(io, service);
     tokio::pin!(http);
-    let result = tokio::select! {
-        res = http.as_mut() => res,
-        _ = stop.changed() => {
-            http.as_mut().graceful_shutdown();
-            http.as_mut().await
+    let idle_limit = serving.connection_idle_timeout;
+    let result = loop {
+        let check = idle_limit
+            .saturating_sub(activity.idle_for())
+            .max(Duration::from_millis(100));
+        tokio::select! {
+            res = http.as_mut() => break res,
+            _ = stop.changed() => {
+                http.as_mut().graceful_shutdown();
+                break http.as_mut().await;
+            }
+            _ = tokio::time::sleep(check) => {
+                if activity.idle_for() >= idle_limit {
+                    tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
+                    http.as_mut().graceful_shutdown();
+                    break http.as_mut().await;
+                }
+            }
         }
     };
     if let Err(e) = result {

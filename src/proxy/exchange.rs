@@ -19,6 +19,7 @@ use crate::http::body::{
     IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
 use crate::http::grpc;
+use crate::listener::activity::RequestGuard;
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
@@ -41,6 +42,8 @@ pub(super) struct Exchange {
     pub(super) report_at_end: bool,
     pub(super) attempts: u32,
     log: Option<LogFields>,
+    /// Keeps the downstream connection counted busy until the stream ends.
+    _busy: RequestGuard,
 }
 
 /// What the access log needs beyond the metrics; only kept when it is on.
@@ -55,6 +58,7 @@ impl Exchange {
     pub(super) fn new(
         state: Arc<ListenerState>,
         client: SocketAddr,
+        busy: RequestGuard,
         req: &Request<Incoming>,
         request_id: HeaderValue,
     ) -> Self {
@@ -90,6 +94,7 @@ impl Exchange {
             report_at_end: false,
             attempts: 0,
             log,
+            _busy: busy,
         }
     }
 

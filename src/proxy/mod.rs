@@ -31,6 +31,7 @@ use crate::cluster::{Cluster, Endpoint, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{ObservedBody, RequestBody};
 use crate::http::{grpc, headers};
+use crate::listener::activity::RequestGuard;
 use crate::listener::Serving;
 use crate::metrics::{ListenerMetrics, RouteMetrics};
 use crate::resilience::policy::Outcome;
@@ -78,11 +79,12 @@ pub struct ListenerState {
 pub async fn handle(
     state: Arc<ListenerState>,
     conn: ConnInfo,
+    busy: RequestGuard,
     mut req: Request<Incoming>,
 ) -> Response<ObservedBody> {
     // 1. Name the request.
     let request_id = headers::ensure_request_id(req.headers_mut());
-    let mut ex = Exchange::new(state.clone(), conn.client, &req, request_id);
+    let mut ex = Exchange::new(state.clone(), conn.client, busy, &req, request_id);
     if head_size(&req) > state.max_header_bytes {
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));

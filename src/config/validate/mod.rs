@@ -244,11 +244,14 @@ impl Rules<'_> {
             limits.header_read_timeout,
             "`header_read_timeout`",
         );
-        self.positive(
-            &p("keepalive_interval"),
-            limits.keepalive_interval,
-            "`keepalive_interval`",
-        );
+        for (key, d) in [
+            ("keepalive_interval", limits.keepalive_interval),
+            ("stream_idle_timeout", limits.stream_idle_timeout),
+            ("connection_idle_timeout", limits.connection_idle_timeout),
+            ("detect_timeout", limits.detect_timeout),
+        ] {
+            self.positive(&p(key), d, &format!("`{key}`"));
+        }
     }
 
     fn virtual_hosts(&mut self, d: &Draft, l: &Listener, base: &str) {
