@@ -5,12 +5,33 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Remove hop-by-hop headers: the fixed list, `te` unless it is exactly
 /// `trailers` (gRPC needs that one), and any header the `connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of these (gRPC only `te: trailers`): one pass
+    // over the names instead of a lookup per hop-by-hop header.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::TE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
+    if headers.keys().filter(|n| hop(n)).all(|n| n == header::TE)
+        && headers.get_all(header::TE).iter().count() == 1
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return;
+    }
     if let Some(conn) = headers.remove(header::CONNECTION) {
         for name in conn
             .to_str()
@@ -28,8 +49,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // Other values of the connection header may have been folded into more lines.
         while headers.remove(header::CONNECTION).is_some() {}
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     let te_is_trailers = {
@@ -46,13 +67,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request's `x-request-id`, made (a random UUID v4) and inserted when absent or empty.
+///
+/// The value is marked never-indexed: one unique per request would only
+/// churn every hop's HPACK table.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
+    if let Some(v) = headers.get_mut(&REQUEST_ID) {
         if !v.is_empty() {
+            v.set_sensitive(true);
             return v.clone();
         }
     }
-    let id = new_request_id();
+    let mut id = new_request_id();
+    id.set_sensitive(true);
     headers.insert(REQUEST_ID, id.clone());
     id
 }

@@ -177,7 +177,14 @@ impl Pool {
         };
         let slot = Arc::new(slot);
         if !end_of_stream {
-            tokio::spawn(pump_request(body, stream, slot.clone()));
+            let mut body = body;
+            let mut stream = stream;
+            // A small request (a unary gRPC call) usually arrived whole with
+            // its head: send it now, so it leaves in the same write as the
+            // HEADERS, and only stream what is left from a task of its own.
+            if send_ready_chunk(&mut body, &mut stream) {
+                tokio::spawn(pump_request(body, stream, slot.clone()));
+            }
         }
         let response = response.await.map_err(|e| self.response_error(e))?;
         let (parts, recv) = response.into_parts();
@@ -250,6 +257,40 @@ fn absolute_uri(parts: &http::request::Parts) -> Result<Uri, UpstreamError> {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             reason: format!("bad request target: {e}"),
         })
+}
+
+/// Send the body's first frame if it is already here. It is in memory
+/// anyway, so h2 holding it until the window opens costs nothing more; the
+/// rest goes through the flow-controlled pump. Returns whether more may follow.
+fn send_ready_chunk(body: &mut RequestBody, tx: &mut ::h2::SendStream<Bytes>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match Pin::new(&mut *body).poll_frame(&mut cx) {
+        std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if tx.send_data(data, end).is_err() {
+                    return false;
+                }
+                !end
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = tx.send_trailers(trailers);
+                }
+                false
+            }
+        },
+        std::task::Poll::Ready(None) => {
+            let _ = tx.send_data(Bytes::new(), true);
+            false
+        }
+        std::task::Poll::Ready(Some(Err(_))) => {
+            tx.send_reset(::h2::Reason::CANCEL);
+            false
+        }
+        std::task::Poll::Pending => true,
+    }
 }
 
 /// Copy the downstream request body to the upstream stream, taking only as
