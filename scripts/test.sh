@@ -11,3 +11,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# The benchmark harness end to end in its short mode (direct, skiff, nginx,
+# HAProxy), on a debug build: it proves the harness still runs, its figures
+# mean nothing here. BENCHMARKS.md says how to measure for real.
+cargo test --bench proxy -- --quick
