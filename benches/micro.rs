@@ -123,6 +123,53 @@ fn balance_pick(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every policy's `pick()` through the cluster's balancer, over real endpoints.
+fn policy_pick(c: &mut Criterion) {
+    use skiff::cluster::balance::{hash_key, Balancer};
+    use skiff::cluster::{Endpoint, EwmaSettings};
+    use skiff::config::LbPolicy;
+    use skiff::resilience::breaker::Limits;
+    use skiff::upstream::PoolConfig;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let pool = PoolConfig {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        max_idle: 0,
+        limits: Arc::new(Limits::unlimited()),
+    };
+    let mut group = c.benchmark_group("pick");
+    for n in [10usize, 100, 1_000] {
+        let endpoints: Vec<Arc<Endpoint>> = (0..n)
+            .map(|i| {
+                let addr =
+                    std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080));
+                Arc::new(Endpoint::new(
+                    addr,
+                    1 + (i % 3) as u32,
+                    pool.clone(),
+                    &EwmaSettings::default(),
+                ))
+            })
+            .collect();
+        for (name, policy) in [
+            ("round_robin", LbPolicy::RoundRobin),
+            ("random", LbPolicy::Random),
+            ("least_request", LbPolicy::LeastRequest),
+            ("peak_ewma", LbPolicy::PeakEwma),
+            ("ring_hash", LbPolicy::RingHash),
+        ] {
+            let balancer = Balancer::new(policy, &endpoints);
+            let hash = Some(hash_key(b"user-42"));
+            group.bench_with_input(BenchmarkId::new(name, n), &balancer, |b, bal| {
+                b.iter(|| black_box(bal.pick(black_box(&endpoints), hash)))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn config_load(c: &mut Criterion) {
     let yaml = config_yaml(1_000, 10, 1_000);
     let mut group = c.benchmark_group("config");
@@ -133,5 +180,11 @@ fn config_load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_lookup, balance_pick, config_load);
+criterion_group!(
+    benches,
+    route_lookup,
+    balance_pick,
+    policy_pick,
+    config_load
+);
 criterion_main!(benches);
