@@ -15,7 +15,27 @@ pub struct RoundRobin {
 enum State {
     /// All weights equal: a counter is enough, with no lock.
     Uniform(AtomicUsize),
+    /// The smooth sequence, computed once per endpoint set (its length is
+    /// the sum of the weights): a pick is a counter and an index.
+    Sequence { order: Vec<u32>, next: AtomicUsize },
+    /// Weights too large to lay out: nginx's running computation, locked.
     Weighted(Mutex<Vec<i64>>),
+}
+
+/// Longest sequence laid out in advance (4 bytes an entry).
+const MAX_SEQUENCE: i64 = 1 << 16;
+
+/// One step of smooth weighted round robin over `current`.
+fn smooth_step(weights: &[i64], total: i64, current: &mut [i64]) -> usize {
+    let mut best = 0;
+    for i in 0..weights.len() {
+        current[i] += weights[i];
+        if current[i] > current[best] {
+            best = i;
+        }
+    }
+    current[best] -= total;
+    best
 }
 
 impl RoundRobin {
@@ -26,6 +46,15 @@ impl RoundRobin {
         let state = if uniform {
             // Start at a random place so many proxies don't all hit endpoint 0 first.
             State::Uniform(AtomicUsize::new(fastrand::usize(..weights.len().max(1))))
+        } else if total <= MAX_SEQUENCE {
+            let mut current = vec![0; weights.len()];
+            let order = (0..total)
+                .map(|_| smooth_step(&weights, total, &mut current) as u32)
+                .collect();
+            State::Sequence {
+                order,
+                next: AtomicUsize::new(0),
+            }
         } else {
             State::Weighted(Mutex::new(vec![0; weights.len()]))
         };
@@ -44,17 +73,13 @@ impl RoundRobin {
         }
         match &self.state {
             State::Uniform(next) => Some(next.fetch_add(1, Ordering::Relaxed) % n),
+            State::Sequence { order, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % order.len().max(1);
+                order.get(i).map(|&e| e as usize)
+            }
             State::Weighted(current) => {
                 let mut current = current.lock().ok()?;
-                let mut best = 0;
-                for i in 0..n {
-                    current[i] += self.weights[i];
-                    if current[i] > current[best] {
-                        best = i;
-                    }
-                }
-                current[best] -= self.total;
-                Some(best)
+                Some(smooth_step(&self.weights, self.total, &mut current))
             }
         }
     }
@@ -85,6 +110,18 @@ mod tests {
             counts[rr.pick().unwrap()] += 1;
         }
         assert_eq!(counts, [500, 100, 100]);
+    }
+
+    #[test]
+    fn large_weights_fall_back_to_the_running_computation() {
+        // A sum of weights too large to lay out: same spread, computed per pick.
+        let rr = RoundRobin::new(&[60_000, 20_000]);
+        assert!(matches!(rr.state, State::Weighted(_)));
+        let mut counts = [0; 2];
+        for _ in 0..80_000 {
+            counts[rr.pick().unwrap()] += 1;
+        }
+        assert_eq!(counts, [60_000, 20_000]);
     }
 
     #[test]
