@@ -9,6 +9,7 @@
 //! changes nothing. Then each listener's state is swapped: requests in flight
 //! finish on the state they started with, the next request sees the new one.
 
+use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,5 +173,3 @@ pub async fn apply(
     metrics.reloads_success.inc();
     tracing::info!(config = %path.display(), "config reloaded");
 }
-
-use std::error::Error as _;

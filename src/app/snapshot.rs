@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterHandle>>,
     /// Per listener (in config order): its config and request state.
     pub listeners: Vec<(config::Listener, Arc<ListenerState>)>,
+    /// The DNS resolver of the `dns:` clusters, kept across reloads that
+    /// leave `resolver:` as it is.
+    resolver: Option<Arc<DnsResolver>>,
 }
 
 impl Snapshot {
@@ -79,12 +82,15 @@ impl Snapshot {
             serde_json::to_value(&o.config.resolver).ok()
                 != serde_json::to_value(&config.resolver).ok()
         });
-        let resolver = if needs_dns {
-            Some(Arc::new(
+        let kept = old
+            .filter(|_| !resolver_changed)
+            .and_then(|o| o.resolver.clone());
+        let resolver = match (needs_dns, kept) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r),
+            (true, None) => Some(Arc::new(
                 DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
-            ))
-        } else {
-            None
+            )),
         };
         let mut clusters = HashMap::new();
         for c in &config.clusters {
@@ -115,6 +121,7 @@ impl Snapshot {
             config: Arc::new(config),
             clusters,
             listeners,
+            resolver,
         })
     }
 
