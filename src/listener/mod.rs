@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
 use crate::proxy::{self, ConnInfo, ListenerState};
 
@@ -172,7 +173,8 @@ async fn serve_connection(
             }
         }
     }
-    let io = TokioIo::new(detect::Rewind::new(prefix, stream));
+    let (io, flusher) = coalesce::coalesce(detect::Rewind::new(prefix, stream));
+    let io = TokioIo::new(io);
     let requests = state.clone();
     let activity = Activity::new();
     let busy = activity.clone();
@@ -182,24 +184,26 @@ async fn serve_connection(
         let guard = busy.request();
         async move { Ok::<_, Infallible>(proxy::handle(state, conn, guard, req).await) }
     });
-    let http = serving.builder.serve_connection(io, service);
-    tokio::pin!(http);
+    let mut http = Flushing::new(
+        Box::pin(serving.builder.serve_connection(io, service)),
+        flusher,
+    );
     let idle_limit = serving.connection_idle_timeout;
     let result = loop {
         let check = idle_limit
             .saturating_sub(activity.idle_for())
             .max(Duration::from_millis(100));
         tokio::select! {
-            res = http.as_mut() => break res,
+            res = &mut http => break res,
             _ = stop.changed() => {
-                http.as_mut().graceful_shutdown();
-                break http.as_mut().await;
+                http.inner_mut().as_mut().graceful_shutdown();
+                break (&mut http).await;
             }
             _ = tokio::time::sleep(check) => {
                 if activity.idle_for() >= idle_limit {
                     tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
-                    http.as_mut().graceful_shutdown();
-                    break http.as_mut().await;
+                    http.inner_mut().as_mut().graceful_shutdown();
+                    break (&mut http).await;
                 }
             }
         }

@@ -13,6 +13,7 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use super::{Pool, UpstreamError};
+use crate::coalesce::{self, Flushing};
 use crate::http::body::{ProxyBody, RequestBody};
 
 /// `active` of a connection being closed for idleness: larger than any
@@ -106,12 +107,13 @@ impl Pool {
             return Ok(slot);
         }
         let (tcp, permit) = self.connect().await?;
+        let (io, flusher) = coalesce::coalesce(tcp);
         let (sender, connection) = ::h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_send_buffer_size(256 * 1024)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| UpstreamError::Reset {
                 addr: self.addr,
@@ -135,7 +137,7 @@ impl Pool {
         let (idle, addr) = (self.config.idle_timeout, self.addr);
         let driven = conn.clone();
         tokio::spawn(async move {
-            drive(connection, driven, idle, addr).await;
+            drive(Flushing::new(connection, flusher), driven, idle, addr).await;
             drop(permit); // the max_connections slot lives as long as the connection
         });
         Ok(StreamSlot(conn))
@@ -351,15 +353,14 @@ async fn pump_request(
 }
 
 /// Poll the connection until it ends, or close it after `idle` without streams.
-async fn drive<T>(
-    connection: ::h2::client::Connection<T, Bytes>,
+async fn drive<C>(
+    mut connection: C,
     conn: Arc<H2Conn>,
     idle: std::time::Duration,
     addr: std::net::SocketAddr,
 ) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    C: std::future::Future<Output = Result<(), ::h2::Error>> + Unpin,
 {
-    tokio::pin!(connection);
     let check = (idle / 4).max(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
