@@ -18,9 +18,15 @@ use http::{HeaderMap, Method};
 use skiff::cluster::balance::RoundRobin;
 use skiff::router::{RequestInfo, Router};
 
-/// A config of `vhosts` virtual hosts with `per_vhost` prefix routes each,
-/// over `clusters` clusters.
+/// A config of `vhosts` virtual hosts with `per_vhost` routes each, over
+/// `clusters` clusters. Route `r` of host `v` matches `/pkg{v}.Service{r}/…`:
+/// by the prefix `/pkg{v}.Service{r}/`, by the prefix without its slash
+/// (`bare`), or by the exact path `/pkg{v}.Service{r}/Method` (`exact`).
 fn config_yaml(vhosts: usize, per_vhost: usize, clusters: usize) -> String {
+    config_yaml_as(vhosts, per_vhost, clusters, "slash")
+}
+
+fn config_yaml_as(vhosts: usize, per_vhost: usize, clusters: usize, kind: &str) -> String {
     let mut y = String::from(
         "admin: { address: 127.0.0.1:0 }\nlisteners:\n  - name: bench\n    address: 127.0.0.1:0\n    virtual_hosts:\n",
     );
@@ -29,8 +35,13 @@ fn config_yaml(vhosts: usize, per_vhost: usize, clusters: usize) -> String {
             "      - name: vh{v}\n        domains: [\"svc{v}\", \"svc{v}.ns.svc.cluster.local\"]\n        routes:\n"
         ));
         for r in 0..per_vhost {
+            let matcher = match kind {
+                "bare" => format!("prefix: \"/pkg{v}.Service{r}\""),
+                "exact" => format!("path: \"/pkg{v}.Service{r}/Method\""),
+                _ => format!("prefix: \"/pkg{v}.Service{r}/\""),
+            };
             y.push_str(&format!(
-                "          - {{ match: {{ prefix: \"/pkg{v}.Service{r}/\" }}, cluster: c{} }}\n",
+                "          - {{ match: {{ {matcher} }}, cluster: c{} }}\n",
                 (v * per_vhost + r) % clusters
             ));
         }
@@ -46,7 +57,11 @@ fn config_yaml(vhosts: usize, per_vhost: usize, clusters: usize) -> String {
 }
 
 fn router(vhosts: usize, per_vhost: usize) -> Router<()> {
-    let yaml = config_yaml(vhosts, per_vhost, 10);
+    router_as(vhosts, per_vhost, "slash")
+}
+
+fn router_as(vhosts: usize, per_vhost: usize, kind: &str) -> Router<()> {
+    let yaml = config_yaml_as(vhosts, per_vhost, 10, kind);
     let config = match skiff::config::load_str(&yaml, "bench") {
         Ok(c) => c,
         Err(e) => panic!("bench config invalid: {e}"),
@@ -101,6 +116,20 @@ fn route_lookup(c: &mut Criterion) {
             &req,
             |b, req| b.iter(|| black_box(one.route(black_box(req)).is_some())),
         );
+        drop(one);
+
+        // One virtual host, the other two kinds of path match.
+        let path = format!("/pkg0.Service{}/Method", total - 1);
+        let req = RequestInfo { path: &path, ..req };
+        for kind in ["bare", "exact"] {
+            let one = router_as(1, total, kind);
+            assert!(one.route(&req).is_some());
+            group.bench_with_input(
+                BenchmarkId::new(format!("one_vhost_last_{kind}"), total),
+                &req,
+                |b, req| b.iter(|| black_box(one.route(black_box(req)).is_some())),
+            );
+        }
     }
     group.finish();
 }

@@ -4,11 +4,12 @@
 //! Virtual hosts are found through hash maps (exact authority, host without
 //! port, then each `*.suffix` of the host from the longest), so the cost of a
 //! lookup depends on the number of labels in the host name, not on the number
-//! of virtual hosts. Routes inside a virtual host are tried in order — the
-//! first match wins, as in Envoy — and the same `check` explains decisions
-//! for `skiff route`.
+//! of virtual hosts. Inside a virtual host the first route whose match holds
+//! wins, as in Envoy; an index by path (`index.rs`) finds it without trying
+//! every route, and `check` explains decisions for `skiff route`.
 
 mod explain;
+mod index;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::config;
 use crate::resilience::policy::RetryPolicy;
 pub use explain::{Explanation, VhostDecision};
+use index::RouteIndex;
 
 /// What a request is routed by.
 #[derive(Clone, Copy)]
@@ -41,6 +43,7 @@ pub struct VirtualHost<T> {
     pub name: String,
     pub domains: Vec<String>,
     pub routes: Vec<Route<T>>,
+    index: RouteIndex,
 }
 
 pub struct Route<T> {
@@ -147,6 +150,11 @@ impl<T> Route<T> {
             PathMatch::Exact(p) if req.path == p => {}
             PathMatch::Exact(p) => return Err(Mismatch::Path(p.clone())),
         }
+        self.check_rest(req)
+    }
+
+    /// The conditions besides the path: method and headers.
+    fn check_rest(&self, req: &RequestInfo<'_>) -> Result<(), Mismatch> {
         if let Some(m) = &self.method {
             if m != req.method {
                 return Err(Mismatch::Method(m.clone()));
@@ -237,6 +245,7 @@ impl<T> Router<T> {
             router.vhosts.push(VirtualHost {
                 name: vh.name.clone(),
                 domains: vh.domains.clone(),
+                index: RouteIndex::build(routes.iter().map(|r| &r.path)),
                 routes,
             });
         }
@@ -276,7 +285,10 @@ impl<T> Router<T> {
     /// The route for `req`: its virtual host's first route whose match holds.
     pub fn route(&self, req: &RequestInfo<'_>) -> Option<&Route<T>> {
         let (vh, _) = self.virtual_host(req.authority)?;
-        vh.routes.iter().find(|r| r.check(req).is_ok())
+        let rest = |i: usize| vh.routes.get(i).is_some_and(|r| r.check_rest(req).is_ok());
+        vh.index
+            .first(req.path, rest)
+            .and_then(|i| vh.routes.get(i))
     }
 
     pub fn virtual_hosts(&self) -> &[VirtualHost<T>] {
