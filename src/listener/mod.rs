@@ -182,7 +182,10 @@ async fn serve_connection(
         // Each request sees the config snapshot current when it arrives.
         let state = requests.load_full();
         let guard = busy.request();
-        async move { Ok::<_, Infallible>(proxy::handle(state, conn, guard, req).await) }
+        // Boxed: the request's future is several KiB, and hyper moves the
+        // stream task that holds it a few times while spawning it.
+        let handled = Box::pin(proxy::handle(state, conn, guard, req));
+        async move { Ok::<_, Infallible>(handled.await) }
     });
     let mut http = Flushing::new(
         Box::pin(serving.builder.serve_connection(io, service)),
