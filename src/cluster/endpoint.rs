@@ -169,8 +169,8 @@ impl Endpoint {
     }
 
     /// Time from sending a request to its response head.
-    pub fn record_latency(&self, rtt: Duration) {
-        self.latency.observe(rtt, Instant::now());
+    pub fn record_latency(&self, rtt: Duration, now: Instant) {
+        self.latency.observe(rtt, now);
     }
 }
 

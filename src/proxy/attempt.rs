@@ -28,14 +28,16 @@ pub(super) enum TryError {
 /// stream idle timeout (a client stream may take long before its answer).
 pub(super) async fn await_head(
     sent: impl std::future::Future<Output = Result<Response<ProxyBody>, UpstreamError>>,
+    sent_at: Instant,
     deadline: Option<Instant>,
     idle: Duration,
     bytes_in: &AtomicU64,
 ) -> Result<Response<ProxyBody>, TryError> {
     tokio::pin!(sent);
     let mut seen = bytes_in.load(Ordering::Relaxed);
+    let mut since = sent_at;
     loop {
-        let wake = Instant::now() + idle;
+        let wake = since + idle;
         let until = deadline.map_or(wake, |d| d.min(wake));
         match tokio::time::timeout_at(until, &mut sent).await {
             Ok(r) => return r.map_err(TryError::Upstream),
@@ -48,6 +50,7 @@ pub(super) async fn await_head(
                     return Err(TryError::Idle);
                 }
                 seen = now;
+                since = Instant::now();
             }
         }
     }

@@ -235,6 +235,7 @@ pub async fn handle(
         let sent = endpoint.pool.send(proto, upstream_req);
         let result = await_head(
             sent,
+            sent_at,
             try_deadline,
             ex.state.stream_idle_timeout,
             &ex.bytes_in,
@@ -253,8 +254,10 @@ pub async fn handle(
         // What the try came to.
         let (outcome, result) = match result {
             Ok(mut resp) => {
-                endpoint.record_latency(sent_at.elapsed());
-                cluster.median_latency.observe(sent_at.elapsed());
+                let now = Instant::now();
+                let rtt = now.saturating_duration_since(sent_at);
+                endpoint.record_latency(rtt, now);
+                cluster.median_latency.observe(rtt);
                 let mut grpc_status = grpc::status_of(resp.headers());
                 let hold = policy
                     .as_ref()
