@@ -23,7 +23,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Buffered bytes past which a flush writes at once.
+/// The most the buffer holds: a write that would take it past this writes
+/// the buffer out first.
 pub const HIGH_WATER: usize = 64 * 1024;
 /// A write this large skips the copy.
 pub const DIRECT: usize = 16 * 1024;

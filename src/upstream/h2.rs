@@ -149,7 +149,7 @@ impl Pool {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         parts.version = Version::HTTP_2;
-        parts.uri = absolute_uri(&parts)?;
+        parts.uri = absolute_uri(&parts, self.addr)?;
         parts.headers.remove(http::header::HOST);
         let end_of_stream = body.is_end_stream();
         let head = Request::from_parts(parts, ());
@@ -229,7 +229,10 @@ impl Pool {
 
 /// HTTP/2 wants scheme and authority in the URI; an HTTP/1.1 request has the
 /// authority in its Host header.
-fn absolute_uri(parts: &http::request::Parts) -> Result<Uri, UpstreamError> {
+fn absolute_uri(
+    parts: &http::request::Parts,
+    addr: std::net::SocketAddr,
+) -> Result<Uri, UpstreamError> {
     if parts.uri.authority().is_some() && parts.uri.scheme().is_some() {
         return Ok(parts.uri.clone());
     }
@@ -256,7 +259,7 @@ fn absolute_uri(parts: &http::request::Parts) -> Result<Uri, UpstreamError> {
         .path_and_query(pq)
         .build()
         .map_err(|e| UpstreamError::Invalid {
-            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr,
             reason: format!("bad request target: {e}"),
         })
 }
