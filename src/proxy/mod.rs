@@ -89,7 +89,9 @@ pub async fn handle(
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
     }
-    let Some(authority) = ex.authority.clone() else {
+    // Taken out for the lookup, which borrows it while `ex` stays usable,
+    // and put back before anything can fail.
+    let Some(authority) = ex.authority.take() else {
         return ex.fail(ProxyError::new(
             ErrorKind::BadRequest,
             "request has no authority (Host header)",
@@ -111,6 +113,7 @@ pub async fn handle(
             ..info
         })
     });
+    ex.authority = Some(authority);
     let mut fixed_endpoint: Option<Arc<Endpoint>> = None;
     let (target, timeout, policy) = match (route, &state.passthrough, conn.orig_dst) {
         (Some(route), _, _) => {
@@ -135,7 +138,7 @@ pub async fn handle(
             let what = format!(
                 "no route for {} {}{}",
                 req.method(),
-                authority,
+                ex.authority.as_deref().unwrap_or_default(),
                 req.uri().path()
             );
             return ex.fail(ProxyError::new(ErrorKind::NoRoute, what));
