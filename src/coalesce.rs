@@ -68,6 +68,12 @@ impl<T: AsyncWrite + Unpin> Shared<T> {
         Poll::Ready(Ok(()))
     }
 
+    /// Everything buffered written out, unless an earlier write failed.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check()?;
+        self.write_out(cx)
+    }
+
     /// Room for `incoming` more bytes: writes out first when they would take
     /// the buffer past [`HIGH_WATER`], so it never grows past that.
     fn make_room(&mut self, cx: &mut Context<'_>, incoming: usize) -> Poll<io::Result<()>> {
@@ -123,20 +129,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut s = lock(&self.0);
-        if data.len() >= DIRECT {
-            // Large: what is buffered goes first, then this straight from
-            // its own memory.
-            if s.make_room(cx, HIGH_WATER + 1)?.is_pending() {
-                return Poll::Pending;
-            }
-            return Pin::new(&mut s.io).poll_write(cx, data);
-        }
-        if s.make_room(cx, data.len())?.is_pending() {
-            return Poll::Pending;
-        }
-        s.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -147,7 +140,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         let mut s = lock(&self.0);
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total >= DIRECT {
-            if s.make_room(cx, HIGH_WATER + 1)?.is_pending() {
+            // Large: what is buffered goes first, then this straight from
+            // its own memory.
+            if s.drain(cx)?.is_pending() {
                 return Poll::Pending;
             }
             return Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
@@ -173,8 +168,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = lock(&self.0);
-        s.check()?;
-        if s.write_out(cx)?.is_pending() {
+        if s.drain(cx)?.is_pending() {
             return Poll::Pending;
         }
         Pin::new(&mut s.io).poll_shutdown(cx)
