@@ -170,7 +170,9 @@ fn listener_state(
         max_header_bytes: l.limits.max_header_bytes,
         stream_idle_timeout: l.limits.stream_idle_timeout.get(),
         serving: Arc::new(Serving {
-            builder: listener::http_builder(&l.limits, l.protocol),
+            protocol: l.protocol,
+            http1: listener::http1_builder(&l.limits),
+            h2: listener::h2_settings(&l.limits),
             transparent: l.transparent,
             passthrough: l.passthrough,
             opaque_ports: l.opaque_ports.clone(),

@@ -31,6 +31,21 @@ pub enum BodyError {
     Timeout,
 }
 
+impl BodyError {
+    /// The HTTP/2 error code to reset a stream with when this ends its
+    /// body: the peer's own code when an HTTP/2 stream failed, else `INTERNAL_ERROR`.
+    pub fn h2_reason(&self) -> h2::Reason {
+        let from_h2 = match self {
+            BodyError::H2(e) => e.reason(),
+            BodyError::Hyper(e) => std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<h2::Error>())
+                .and_then(h2::Error::reason),
+            BodyError::Timeout => None,
+        };
+        from_h2.unwrap_or(h2::Reason::INTERNAL_ERROR)
+    }
+}
+
 /// A response body: from an upstream (HTTP/1.1 via hyper, HTTP/2 via h2) or made by the proxy.
 pub struct ProxyBody {
     inner: Inner,
@@ -146,6 +161,7 @@ impl Body for ProxyBody {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Hyper(b) => b.size_hint(),
+            Inner::H2 { stream, .. } if stream.is_end_stream() => SizeHint::with_exact(0),
             Inner::H2 { .. } => SizeHint::default(),
         }
     }
@@ -154,7 +170,7 @@ impl Body for ProxyBody {
 /// A request body on its way upstream: the client's (replayable for
 /// retries), or a fixed one the proxy makes itself (health checks).
 pub enum RequestBody {
-    Client(crate::resilience::replay::ReplayBody<Incoming>),
+    Client(crate::resilience::replay::ReplayBody<ProxyBody>),
     Fixed(Option<Bytes>),
 }
 
@@ -167,12 +183,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

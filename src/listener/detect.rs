@@ -65,6 +65,34 @@ pub async fn detect<S: AsyncRead + Unpin>(
     }
 }
 
+/// Whether the client speaks HTTP/2: reads (after `read`, the bytes
+/// already taken) until its first bytes match or rule out the HTTP/2
+/// preface. Returns every byte read, to be put back in front of the stream.
+pub async fn h2_preface<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    read: Bytes,
+    timeout: Duration,
+) -> io::Result<(bool, Bytes)> {
+    let mut buf = Vec::from(read);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.into()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.into()));
+        }
+        let mut chunk = [0u8; 64];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => return Ok((false, buf.into())),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
 /// A stream with bytes already read put back in front of it.
 pub struct Rewind<S> {
     prefix: Bytes,
@@ -158,6 +186,32 @@ mod tests {
         let mut all = vec![0u8; 19];
         r.read_exact(&mut all).await.unwrap();
         assert_eq!(&all, b"GET /x HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn tells_the_http2_preface_from_http1() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        // The preface in two pieces, the first already read by detection.
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        client.write_all(b"\x00\x00").await.unwrap();
+        let read = Bytes::from_static(&H2_PREFACE[..5]);
+        let (h2, bytes) = h2_preface(&mut server, read, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(h2);
+        assert!(
+            bytes.starts_with(H2_PREFACE),
+            "every byte read is handed back"
+        );
+
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI /x HTTP/1.1\r\n").await.unwrap();
+        let (h2, bytes) = h2_preface(&mut server, Bytes::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!h2, "an HTTP/1.1 request that starts like the preface");
+        assert_eq!(&bytes[..], b"PRI /x HTTP/1.1\r\n");
     }
 
     #[tokio::test(start_paused = true)]

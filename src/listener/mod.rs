@@ -1,17 +1,22 @@
 //! Accepting downstream connections and serving HTTP/1.1 and HTTP/2 on them.
 //!
-//! One accept loop per listener. Each connection is served by hyper with the
-//! listener's limits; when the drain signal fires, the loop stops accepting
-//! and every connection is asked to finish gracefully (GOAWAY for HTTP/2,
-//! `Connection: close` after the current response for HTTP/1.1).
+//! One accept loop per listener. A connection that opens with the HTTP/2
+//! preface is served on h2 (`h2.rs`), any other by hyper's HTTP/1.1 server,
+//! both with the listener's limits. When the drain signal fires, the loop
+//! stops accepting and every connection is asked to finish gracefully
+//! (GOAWAY for HTTP/2, `Connection: close` after the current response for
+//! HTTP/1.1); so is a connection idle for `connection_idle_timeout`.
 
 pub mod activity;
 pub mod detect;
+pub mod h2;
 pub mod original_dst;
 pub mod tcp;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +26,15 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use detect::Detected;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
+use crate::http::body::ProxyBody;
 use crate::proxy::{self, ConnInfo, ListenerState};
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
@@ -43,29 +49,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// The hyper server settings of a listener.
-pub fn http_builder(
-    limits: &ListenerLimits,
-    protocol: ListenerProtocol,
-) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// hyper's HTTP/1.1 server settings of a listener.
+pub fn http1_builder(limits: &ListenerLimits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size(hyper_head_limit(limits.max_header_bytes) as usize)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .initial_stream_window_size(limits.initial_stream_window)
-        .initial_connection_window_size(limits.initial_connection_window)
-        .max_header_list_size(hyper_head_limit(limits.max_header_bytes))
-        .keep_alive_interval(Some(limits.keepalive_interval.get()))
-        .keep_alive_timeout(Duration::from_secs(20));
-    match protocol {
-        ListenerProtocol::Auto => b,
-        ListenerProtocol::Http1 => b.http1_only(),
-        ListenerProtocol::Http2 => b.http2_only(),
+    b
+}
+
+/// A listener's HTTP/2 settings.
+pub fn h2_settings(limits: &ListenerLimits) -> h2::Settings {
+    h2::Settings {
+        max_concurrent_streams: limits.max_concurrent_streams,
+        initial_stream_window: limits.initial_stream_window,
+        initial_connection_window: limits.initial_connection_window,
+        max_header_list_size: hyper_head_limit(limits.max_header_bytes),
+        keepalive_interval: limits.keepalive_interval.get(),
+        handshake_timeout: limits.header_read_timeout.get(),
     }
 }
 
@@ -79,7 +81,9 @@ fn hyper_head_limit(max_header_bytes: usize) -> u32 {
 
 /// What a listener's accept loop reads from the current config snapshot.
 pub struct Serving {
-    pub builder: auto::Builder<TokioExecutor>,
+    pub protocol: ListenerProtocol,
+    pub http1: http1::Builder,
+    pub h2: h2::Settings,
     /// Read the original destination (iptables REDIRECT).
     pub transparent: bool,
     /// Non-HTTP connections go to their original destination as opaque TCP.
@@ -173,56 +177,120 @@ async fn serve_connection(
             }
         }
     }
-    let (io, flusher) = coalesce::coalesce(detect::Rewind::new(prefix, stream));
-    let io = TokioIo::new(io);
-    let requests = state.clone();
-    let activity = Activity::new();
-    let busy = activity.clone();
-    let service = service_fn(move |req| {
-        // Each request sees the config snapshot current when it arrives.
-        let state = requests.load_full();
-        let guard = busy.request();
-        // Boxed: the request's future is several KiB, and hyper moves the
-        // stream task that holds it a few times while spawning it.
-        let handled = Box::pin(proxy::handle(state, conn, guard, req));
-        async move { Ok::<_, Infallible>(handled.await) }
-    });
-    let mut http = Flushing::new(
-        Box::pin(serving.builder.serve_connection(io, service)),
-        flusher,
-    );
-    let idle_limit = serving.connection_idle_timeout;
-    let result = loop {
-        let check = idle_limit
-            .saturating_sub(activity.idle_for())
-            .max(Duration::from_millis(100));
-        tokio::select! {
-            res = &mut http => break res,
-            _ = stop.changed() => {
-                http.inner_mut().as_mut().graceful_shutdown();
-                break (&mut http).await;
-            }
-            _ = tokio::time::sleep(check) => {
-                if activity.idle_for() >= idle_limit {
-                    tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
-                    http.inner_mut().as_mut().graceful_shutdown();
-                    break (&mut http).await;
+    let h2 = match serving.protocol {
+        ListenerProtocol::Http1 => false,
+        ListenerProtocol::Http2 => true,
+        ListenerProtocol::Auto => {
+            let timeout = serving.h2.handshake_timeout;
+            match detect::h2_preface(&mut stream, prefix, timeout).await {
+                Ok((h2, read)) => {
+                    prefix = read;
+                    h2
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                    return;
                 }
             }
+        }
+    };
+    let stream = detect::Rewind::new(prefix, stream);
+    let activity = Activity::new();
+    // Finish gracefully when the listener drains or the connection idles.
+    let shutdown = {
+        let activity = activity.clone();
+        let idle_limit = serving.connection_idle_timeout;
+        async move {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = idle(&activity, idle_limit) => {
+                    tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
+                }
+            }
+        }
+    };
+    if h2 {
+        serve_h2(stream, conn, serving, name, state, &activity, shutdown).await
+    } else {
+        serve_http1(stream, conn, serving, name, state, &activity, shutdown).await
+    }
+}
+
+/// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's task.
+async fn serve_h2(
+    stream: detect::Rewind<TcpStream>,
+    conn: ConnInfo,
+    serving: &Serving,
+    name: &str,
+    state: Arc<ArcSwap<ListenerState>>,
+    activity: &Arc<Activity>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handle = |req: http::Request<::h2::RecvStream>| {
+        // Each request sees the config snapshot current when it arrives.
+        let current = state.load_full();
+        let req = req.map(|body| ProxyBody::h2(body, None));
+        // Boxed: the request's future is several KiB, and the connection's
+        // set of streams would move it once more.
+        Box::pin(proxy::handle(current, conn, activity.request(), req))
+    };
+    let (io, flusher) = coalesce::coalesce(stream);
+    let served = h2::serve(io, &serving.h2, handle, shutdown);
+    if let Err(e) = Flushing::new(Box::pin(served), flusher).await {
+        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/1.1 on hyper. hyper writes each response head and body in one
+/// vectored write already, so the socket is not wrapped in `coalesce`.
+async fn serve_http1(
+    stream: detect::Rewind<TcpStream>,
+    conn: ConnInfo,
+    serving: &Serving,
+    name: &str,
+    state: Arc<ArcSwap<ListenerState>>,
+    activity: &Arc<Activity>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let requests = state.clone();
+    let busy = activity.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // Each request sees the config snapshot current when it arrives.
+        let current = requests.load_full();
+        let req = req.map(ProxyBody::hyper);
+        let handled = Box::pin(proxy::handle(current, conn, busy.request(), req));
+        async move { Ok::<_, Infallible>(handled.await) }
+    });
+    let mut http = pin!(serving
+        .http1
+        .serve_connection(TokioIo::new(stream), service));
+    let result = tokio::select! {
+        res = &mut http => res,
+        _ = shutdown => {
+            http.as_mut().graceful_shutdown();
+            http.await
         }
     };
     if let Err(e) = result {
         tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
         // hyper answered a request head it could not parse with a bare 400;
         // count it with the proxy's other bad requests.
-        let parse_error = e
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
-        if parse_error {
+        if e.is_parse() || e.is_parse_too_large() {
             state
                 .load()
                 .metrics
                 .proxy_error(crate::error::ErrorKind::BadRequest);
         }
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `limit`.
+async fn idle(activity: &Activity, limit: Duration) {
+    loop {
+        let left = limit.saturating_sub(activity.idle_for());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.max(Duration::from_millis(100))).await;
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{ListenerState, Target};
@@ -55,11 +54,11 @@ struct LogFields {
 }
 
 impl Exchange {
-    pub(super) fn new(
+    pub(super) fn new<B>(
         state: Arc<ListenerState>,
         client: SocketAddr,
         busy: RequestGuard,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         request_id: HeaderValue,
     ) -> Self {
         let authority = req

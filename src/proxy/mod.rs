@@ -22,14 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::{Cluster, Endpoint, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
-use crate::http::body::{ObservedBody, RequestBody};
+use crate::http::body::{ObservedBody, ProxyBody, RequestBody};
 use crate::http::{grpc, headers};
 use crate::listener::activity::RequestGuard;
 use crate::listener::Serving;
@@ -80,7 +79,7 @@ pub async fn handle(
     state: Arc<ListenerState>,
     conn: ConnInfo,
     busy: RequestGuard,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Response<ObservedBody> {
     // 1. Name the request.
     let request_id = headers::ensure_request_id(req.headers_mut());

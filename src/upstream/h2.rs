@@ -2,11 +2,10 @@
 //! SETTINGS_MAX_CONCURRENT_STREAMS, so a connection takes streams up to the
 //! peer's limit and only then does the pool open another one.
 
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ::h2::Reason;
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use super::{Pool, UpstreamError};
 use crate::coalesce::{self, Flushing};
 use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::pipe;
 
 /// `active` of a connection being closed for idleness: larger than any
 /// stream limit, so no new stream can be taken on it.
@@ -184,8 +184,12 @@ impl Pool {
             // A small request (a unary gRPC call) usually arrived whole with
             // its head: send it now, so it leaves in the same write as the
             // HEADERS, and only stream what is left from a task of its own.
-            if send_ready_chunk(&mut body, &mut stream) {
-                tokio::spawn(pump_request(body, stream, slot.clone()));
+            if pipe::send_ready_frame(&mut body, &mut stream, |_| Reason::CANCEL) {
+                let slot = slot.clone();
+                tokio::spawn(async move {
+                    pipe::pipe(body, stream, |_| Reason::CANCEL).await;
+                    drop(slot); // the stream slot stays taken while the request streams
+                });
             }
         }
         let response = response.await.map_err(|e| self.response_error(e))?;
@@ -262,97 +266,6 @@ fn absolute_uri(
             addr,
             reason: format!("bad request target: {e}"),
         })
-}
-
-/// Send the body's first frame if it is already here. It is in memory
-/// anyway, so h2 holding it until the window opens costs nothing more; the
-/// rest goes through the flow-controlled pump. Returns whether more may follow.
-fn send_ready_chunk(body: &mut RequestBody, tx: &mut ::h2::SendStream<Bytes>) -> bool {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    match Pin::new(&mut *body).poll_frame(&mut cx) {
-        std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-            Ok(data) => {
-                let end = body.is_end_stream();
-                if tx.send_data(data, end).is_err() {
-                    return false;
-                }
-                !end
-            }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = tx.send_trailers(trailers);
-                }
-                false
-            }
-        },
-        std::task::Poll::Ready(None) => {
-            let _ = tx.send_data(Bytes::new(), true);
-            false
-        }
-        std::task::Poll::Ready(Some(Err(_))) => {
-            tx.send_reset(::h2::Reason::CANCEL);
-            false
-        }
-        std::task::Poll::Pending => true,
-    }
-}
-
-/// Copy the downstream request body to the upstream stream, taking only as
-/// much from the client as the upstream's flow-control window allows.
-async fn pump_request(
-    mut body: RequestBody,
-    mut tx: ::h2::SendStream<Bytes>,
-    _slot: Arc<StreamSlot>,
-) {
-    loop {
-        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        match frame {
-            None => {
-                let _ = tx.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(_)) => {
-                tx.send_reset(::h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let end = body.is_end_stream();
-                    if data.is_empty() {
-                        if end {
-                            let _ = tx.send_data(Bytes::new(), true);
-                            return;
-                        }
-                        continue;
-                    }
-                    while !data.is_empty() {
-                        tx.reserve_capacity(data.len());
-                        let cap = match poll_fn(|cx| tx.poll_capacity(cx)).await {
-                            Some(Ok(n)) if n > 0 => n,
-                            Some(Ok(_)) => continue,
-                            _ => return, // the stream is gone (reset or finished)
-                        };
-                        let chunk = data.split_to(cap.min(data.len()));
-                        if tx.send_data(chunk, end && data.is_empty()).is_err() {
-                            return;
-                        }
-                    }
-                    if end {
-                        return; // the last chunk carried END_STREAM
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = tx.send_trailers(trailers);
-                    } else {
-                        let _ = tx.send_data(Bytes::new(), true);
-                    }
-                    return;
-                }
-            },
-        }
-    }
 }
 
 /// Poll the connection until it ends, or close it after `idle` without streams.

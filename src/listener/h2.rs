@@ -1,0 +1,195 @@
+//! HTTP/2 from clients, served on h2 directly.
+//!
+//! Each stream's request is proxied by a future that the connection's own
+//! task polls, beside the connection itself: no task and no channel per
+//! stream. A response's frames are encoded in the same poll that produced
+//! them and leave in the connection's one write of that wake-up (see
+//! `coalesce`). The connection is polled again after its streams, so what
+//! they sent goes out before the task sleeps.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::{Ping, PingPong, RecvStream};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use crate::http::body::{BodyError, ObservedBody};
+use crate::http::pipe;
+
+/// How long a PING may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A listener's HTTP/2 settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window: u32,
+    pub initial_connection_window: u32,
+    pub max_header_list_size: u32,
+    /// A PING this often finds a peer that vanished without closing.
+    pub keepalive_interval: Duration,
+    /// Time the client has to send its preface and SETTINGS.
+    pub handshake_timeout: Duration,
+}
+
+/// Why a connection ended other than by an orderly close.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    #[error("no HTTP/2 preface within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("no PING answer within {0:?}")]
+    KeepaliveTimeout(Duration),
+}
+
+/// Serve HTTP/2 on `io` until the client closes, `shutdown` resolves and
+/// the streams in flight finish (GOAWAY first), or the connection fails.
+/// `handle` turns each request into its response.
+pub async fn serve<T, H, F>(
+    io: T,
+    settings: &Settings,
+    mut handle: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConnError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Request<RecvStream>) -> F,
+    F: Future<Output = Response<ObservedBody>>,
+{
+    let mut shutdown = pin!(shutdown);
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_window_size(settings.initial_stream_window)
+        .initial_connection_window_size(settings.initial_connection_window)
+        .max_header_list_size(settings.max_header_list_size)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        res = tokio::time::timeout(settings.handshake_timeout, handshake) => match res {
+            Ok(conn) => conn?,
+            Err(_) => return Err(ConnError::HandshakeTimeout(settings.handshake_timeout)),
+        },
+        _ = &mut shutdown => return Ok(()),
+    };
+    let mut keepalive = KeepAlive::new(conn.ping_pong(), settings.keepalive_interval);
+    let mut streams = FuturesUnordered::new();
+    let mut shutting_down = false;
+    poll_fn(|cx| {
+        if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
+            shutting_down = true;
+            conn.graceful_shutdown();
+        }
+        keepalive.poll(cx)?;
+        // Take new streams and run the ones that can move; then poll the
+        // connection again, so that what they sent is written in this
+        // wake-up, and go round while that brings new streams.
+        let mut first = true;
+        loop {
+            let mut accepted = false;
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        streams.push(respond_to(handle(req), respond));
+                        accepted = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                    // Closed: streams still here cannot answer any more.
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            if !first && !accepted {
+                return Poll::Pending;
+            }
+            first = false;
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        }
+    })
+    .await
+}
+
+/// One stream: wait for the proxied response (dropping the work if the
+/// client resets the stream meanwhile), then send it.
+async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Response<ObservedBody>>,
+{
+    let mut handled = pin!(handled);
+    let answer = poll_fn(|cx| match handled.as_mut().poll(cx) {
+        Poll::Ready(resp) => Poll::Ready(Some(resp)),
+        Poll::Pending => respond.poll_reset(cx).map(|_| None),
+    })
+    .await;
+    let Some(resp) = answer else {
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    let end = body.is_end_stream();
+    // Dropping the stream handle on an error resets the stream (CANCEL).
+    let Ok(tx) = respond.send_response(Response::from_parts(parts, ()), end) else {
+        return;
+    };
+    if !end {
+        pipe::pipe(body, tx, BodyError::h2_reason).await;
+    }
+}
+
+/// PINGs at an interval; a PING unanswered for [`KEEPALIVE_TIMEOUT`] ends
+/// the connection.
+struct KeepAlive {
+    ping: Option<PingPong>,
+    interval: Duration,
+    timer: std::pin::Pin<Box<Sleep>>,
+    awaiting_pong: bool,
+}
+
+impl KeepAlive {
+    fn new(ping: Option<PingPong>, interval: Duration) -> Self {
+        KeepAlive {
+            ping,
+            interval,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            awaiting_pong: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Result<(), ConnError> {
+        let Some(ping) = &mut self.ping else {
+            return Ok(());
+        };
+        if self.awaiting_pong && ping.poll_pong(cx).is_ready() {
+            self.awaiting_pong = false;
+            self.timer.as_mut().reset(Instant::now() + self.interval);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.awaiting_pong {
+                return Err(ConnError::KeepaliveTimeout(KEEPALIVE_TIMEOUT));
+            }
+            // Polling for the answer at once registers this task for it.
+            let sent = ping.send_ping(Ping::opaque()).is_ok();
+            self.awaiting_pong = sent && ping.poll_pong(cx).is_pending();
+            let next = if self.awaiting_pong {
+                KEEPALIVE_TIMEOUT
+            } else {
+                self.interval
+            };
+            self.timer.as_mut().reset(Instant::now() + next);
+        }
+        Ok(())
+    }
+}
