@@ -92,11 +92,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             let clusters: Vec<_> = state.clusters.load().iter().map(|c| c.status()).collect();
             json(&serde_json::json!({ "clusters": clusters }))
         }
+        // Readiness fails before the answer leaves, not when the main loop
+        // gets round to the drain: a probe right after sees 503.
         (&Method::POST, "/shutdown") => {
+            state.draining.store(true, Ordering::Release);
             state.shutdown.notify_one();
             text(StatusCode::OK, "shutting down\n")
         }
         (&Method::POST, "/drain") => {
+            state.draining.store(true, Ordering::Release);
             state.drain.notify_one();
             text(StatusCode::OK, "draining\n")
         }
