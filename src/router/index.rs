@@ -6,19 +6,27 @@
 //! that end in `/` — gRPC's `/package.Service/`, REST's `/api/v1/` — can only
 //! match the path up to one of its own slashes, so they sit in a hash map
 //! too, looked up once per slash of the path (up to the deepest such
-//! prefix). Other prefixes sit in a sorted array where each entry points at
-//! the longest other prefix it starts with: the prefixes of a request path
-//! are found with one binary search — the greatest entry not after the
-//! path — and a walk up that entry's chain, on which every prefix of the
-//! path lies. (If `q` is a prefix of the path and `e` the greatest entry not
-//! after it, then `q ≤ e ≤ path`, and anything between `q` and `path`
-//! starts with `q`.)
+//! prefix). Other prefixes sit in a radix trie. Each node stands for the
+//! prefix spelled by the bytes on the edges from the root down to it (the
+//! root for the empty prefix) and holds the routes whose prefix that is. An
+//! edge carries as many bytes as it can: every node but the root holds
+//! routes or has two children or more. The children of a node differ in the
+//! first byte of their edges and are kept sorted by it. The nodes whose
+//! prefix the request path starts with — its stored prefixes, and the points
+//! where those part from other prefixes — lie on one walk down from the
+//! root, each step a binary search over at most 256 first bytes and a
+//! comparison with one edge. Each step consumes at least one byte of
+//! the path, so a lookup takes at most as many steps as the path is long,
+//! however many prefixes the trie holds. Each node also keeps the smallest
+//! route index at or below it; the walk stops at a node whose least index is
+//! not below the best match found so far, as nothing under it can come first.
 //!
 //! Each list holds route indices in config order, so the first match is the
 //! smallest index, over all lists, whose other conditions (method, headers)
 //! hold: the order is exactly the one a scan of the routes would find.
 
 use std::collections::HashMap;
+use std::mem::take;
 
 use super::PathMatch;
 
@@ -30,21 +38,97 @@ pub(super) struct RouteIndex {
     at_slash: HashMap<Box<str>, Vec<usize>>,
     /// The most slashes in a key of `at_slash`.
     deepest: usize,
-    /// The other prefixes, sorted.
-    prefixes: Vec<PrefixEntry>,
+    /// The other prefixes. The root stands for the empty prefix.
+    trie: Node,
 }
 
-struct PrefixEntry {
-    prefix: Box<str>,
+/// One node of the prefix trie.
+struct Node {
+    /// The bytes this node's prefix adds to its parent's; empty at the root
+    /// only.
+    edge: Box<[u8]>,
+    /// The routes whose prefix ends here, in config order.
     routes: Vec<usize>,
-    /// The entry of the longest other prefix that `prefix` starts with.
-    parent: Option<usize>,
+    /// The smallest route index here or anywhere below; `usize::MAX` in an
+    /// empty trie.
+    least: usize,
+    /// The children, each with the first byte of its edge, sorted by that
+    /// byte.
+    children: Vec<(u8, Node)>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            edge: Box::default(),
+            routes: Vec::new(),
+            least: usize::MAX,
+            children: Vec::new(),
+        }
+    }
+}
+
+impl Node {
+    /// Adds `route` under `prefix`, with `self` as the root. Routes must be
+    /// added in config order.
+    fn insert(&mut self, prefix: &[u8], route: usize) {
+        let mut node = self;
+        let mut rest = prefix;
+        loop {
+            node.least = node.least.min(route);
+            let Some(&first) = rest.first() else {
+                node.routes.push(route);
+                return;
+            };
+            let at = match node.children.binary_search_by_key(&first, |(b, _)| *b) {
+                Ok(at) => at,
+                Err(at) => {
+                    let leaf = Node {
+                        edge: rest.into(),
+                        routes: vec![route],
+                        least: route,
+                        children: Vec::new(),
+                    };
+                    node.children.insert(at, (first, leaf));
+                    return;
+                }
+            };
+            let Some((_, child)) = node.children.get_mut(at) else {
+                return;
+            };
+            let common = common_prefix_len(&child.edge, rest);
+            if common < child.edge.len() {
+                child.split(common);
+            }
+            rest = rest.get(common..).unwrap_or_default();
+            node = child;
+        }
+    }
+
+    /// Cuts this node's edge after its first `len` bytes (`0 < len <
+    /// edge.len()`): the node keeps those bytes, and a new only child takes
+    /// the rest of the edge together with the node's routes and children.
+    fn split(&mut self, len: usize) {
+        let Some((head, tail)) = self.edge.split_at_checked(len) else {
+            return;
+        };
+        let Some(&first) = tail.first() else {
+            return;
+        };
+        let lower = Node {
+            edge: tail.into(),
+            routes: take(&mut self.routes),
+            least: self.least,
+            children: take(&mut self.children),
+        };
+        self.edge = head.into();
+        self.children = vec![(first, lower)];
+    }
 }
 
 impl RouteIndex {
     pub(super) fn build<'a>(paths: impl IntoIterator<Item = &'a PathMatch>) -> Self {
         let mut index = RouteIndex::default();
-        let mut by_prefix: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, path) in paths.into_iter().enumerate() {
             match path {
                 PathMatch::Any => index.any.push(i),
@@ -53,31 +137,8 @@ impl RouteIndex {
                     index.deepest = index.deepest.max(p.matches('/').count());
                     index.at_slash.entry(p.as_str().into()).or_default().push(i);
                 }
-                PathMatch::Prefix(p) => by_prefix.entry(p.as_str()).or_default().push(i),
+                PathMatch::Prefix(p) => index.trie.insert(p.as_bytes(), i),
             }
-        }
-        let mut sorted: Vec<(&str, Vec<usize>)> = by_prefix.into_iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        // In sorted order a prefix comes before everything that extends it,
-        // so a stack of the open chain finds each entry's parent.
-        let mut chain: Vec<usize> = Vec::new();
-        for (i, (prefix, routes)) in sorted.into_iter().enumerate() {
-            while let Some(&top) = chain.last() {
-                if index
-                    .prefixes
-                    .get(top)
-                    .is_some_and(|e| prefix.starts_with(&*e.prefix))
-                {
-                    break;
-                }
-                chain.pop();
-            }
-            index.prefixes.push(PrefixEntry {
-                prefix: prefix.into(),
-                routes,
-                parent: chain.last().copied(),
-            });
-            chain.push(i);
         }
         index
     }
@@ -111,23 +172,24 @@ impl RouteIndex {
                 }
             }
         }
-        if self.prefixes.is_empty() {
-            return best;
-        }
-        let after = self
-            .prefixes
-            .partition_point(|e| e.prefix.as_bytes() <= path.as_bytes());
-        if let Some(last) = after.checked_sub(1) {
-            let common = self.prefixes.get(last).map_or(0, |e| {
-                common_prefix_len(e.prefix.as_bytes(), path.as_bytes())
-            });
-            let mut at = Some(last);
-            while let Some(e) = at.and_then(|i| self.prefixes.get(i)) {
-                if e.prefix.len() <= common {
-                    consider(&e.routes, &mut best);
-                }
-                at = e.parent;
-            }
+        let mut node = &self.trie;
+        let mut left = path.as_bytes();
+        while best.is_none_or(|b| node.least < b) {
+            consider(&node.routes, &mut best);
+            let Some(&first) = left.first() else {
+                break;
+            };
+            let Ok(at) = node.children.binary_search_by_key(&first, |(b, _)| *b) else {
+                break;
+            };
+            let Some((_, child)) = node.children.get(at) else {
+                break;
+            };
+            let Some(after) = left.strip_prefix(&*child.edge) else {
+                break;
+            };
+            node = child;
+            left = after;
         }
         best
     }
@@ -165,6 +227,60 @@ mod tests {
         })
     }
 
+    /// The trie as text: each node's edge, its routes, then its children.
+    fn shape(node: &Node) -> String {
+        let mut out = format!("{:?}{:?}", String::from_utf8_lossy(&node.edge), node.routes);
+        if !node.children.is_empty() {
+            let children: Vec<String> = node.children.iter().map(|(_, c)| shape(c)).collect();
+            out.push_str(&format!("{{{}}}", children.join(" ")));
+        }
+        out
+    }
+
+    #[test]
+    fn edges_split_where_prefixes_part() {
+        // Config validation wants prefixes to start with `/`, but the index
+        // takes the empty prefix too: it sits at the root and matches all.
+        let routes = [
+            p("/abcdef"),
+            p("/abc"), // a proper prefix of "/abcdef": that edge splits after "/abc"
+            p("/abd"), // parts from "/abc" mid-edge: a node for "/ab" appears
+            p("/ab"),  // ends exactly at that node
+            p("/x"),   // parts at the first byte after "/"
+            p(""),
+            p("/abc"), // a second route on an existing node
+        ];
+        let ix = index(&routes);
+        assert_eq!(
+            shape(&ix.trie),
+            r#"""[5]{"/"[]{"ab"[3]{"c"[1, 6]{"def"[0]} "d"[2]} "x"[4]}}"#
+        );
+        assert_eq!(ix.trie.least, 0);
+        // Paths that end mid-edge, at a node, and past a leaf.
+        let paths = [
+            "", "/", "/a", "/ab", "/abc", "/abcd", "/abcdef", "/abcdefg", "/abd", "/abdx", "/abe",
+            "/x", "/xy", "/y",
+        ];
+        for path in paths {
+            for refused in 0..routes.len() {
+                assert_eq!(
+                    ix.first(path, |i| i != refused),
+                    scan(&routes, path, |i| i != refused),
+                    "path {path:?}, route {refused} refused"
+                );
+            }
+        }
+        assert_eq!(ix.first("/abcd", |_| true), Some(1));
+        assert_eq!(ix.first("/abcd", |i| i != 1), Some(3));
+        assert_eq!(ix.first("/a", |_| true), Some(5));
+        assert_eq!(ix.first("/abcdef", |i| i == 5), Some(5));
+        assert_eq!(ix.first("/abcdef", |i| i == 6), Some(6));
+
+        let empty = index(&[]);
+        assert_eq!(empty.trie.least, usize::MAX);
+        assert_eq!(empty.first("/a", |_| true), None);
+    }
+
     #[test]
     fn first_match_in_config_order() {
         let routes = [
@@ -185,9 +301,9 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_off_the_greatest_entry_are_found_on_its_chain() {
-        // "/ab/zz" sorts after "/ab/x" (not a prefix of it); "/ab" and "/a"
-        // are on "/ab/x"'s chain.
+    fn a_path_leaving_the_trie_mid_edge_keeps_the_prefixes_above() {
+        // "/ab/zz" leaves the trie inside the edge to "/ab/x"; "/ab" and "/a"
+        // are on the way there.
         let routes = [p("/ab/x"), p("/a"), p("/ab"), p("/b")];
         let ix = index(&routes);
         assert_eq!(ix.first("/ab/zz", |_| true), Some(1));
