@@ -730,9 +730,6 @@ async fn a_reset_before_the_head_closes_the_http1_upstream_connection() -> anyho
 /// flagged `DC` (README.md: one line per request, `DC` when the client went
 /// away first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a stream reset before the response head drops proxy::handle before \
-            Exchange::respond, so no access-log line is written (and no \
-            skiff_requests_total sample)"]
 async fn a_reset_before_the_head_is_logged_dc() -> anyhow::Result<()> {
     let dir = ScratchDir::new("h2-reset-head-log")?;
     let log = dir.path().join("access.log");
@@ -751,6 +748,12 @@ async fn a_reset_before_the_head_is_logged_dc() -> anyhow::Result<()> {
 
     let line = log_line(&log, "GET", "/hold").await?;
     assert_eq!(line["flag"], "DC", "{line}");
+    assert_eq!(line["status"], 0, "no response head was sent: {line}");
+    let metrics = proxy.metrics().await?;
+    assert!(
+        metrics.contains(r#"status="0""#),
+        "the request is counted in skiff_requests_total with status 0:\n{metrics}"
+    );
     Ok(())
 }
 

@@ -41,6 +41,10 @@ pub(super) struct Exchange {
     pub(super) report_at_end: bool,
     pub(super) attempts: u32,
     log: Option<LogFields>,
+    /// Handed to a response stream, which records the request when it ends;
+    /// an exchange dropped before that (the client reset the stream or
+    /// closed the connection before the response head) records itself.
+    handed_over: bool,
     /// Keeps the downstream connection counted busy until the stream ends.
     _busy: RequestGuard,
 }
@@ -93,6 +97,7 @@ impl Exchange {
             report_at_end: false,
             attempts: 0,
             log,
+            handed_over: false,
             _busy: busy,
         }
     }
@@ -107,10 +112,11 @@ impl Exchange {
 
     /// Hand `resp` to the client, observed until its stream ends.
     pub(super) fn respond(
-        self,
+        mut self,
         resp: Response<ProxyBody>,
         flag: Option<&'static str>,
     ) -> Response<ObservedBody> {
+        self.handed_over = true;
         let (parts, body) = resp.into_parts();
         let deadline = self
             .deadline
@@ -144,73 +150,95 @@ struct Completion {
 
 impl OnStreamEnd for Completion {
     fn finish(self: Box<Self>, end: StreamEnd) {
-        let Completion {
-            exchange: ex,
+        record(
+            &self.exchange,
+            self.status,
+            self.grpc_status,
+            self.flag,
+            end,
+        );
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            // No response head reached the client: status 0, as Envoy logs it.
+            let end = StreamEnd {
+                outcome: StreamOutcome::Cancelled,
+                bytes_out: 0,
+                grpc_status: None,
+            };
+            record(self, 0, None, None, end);
+        }
+    }
+}
+
+/// Metrics, the outlier report and the access log line of a request whose
+/// response (status `status`, gRPC status from its head `grpc_status`) ended as `end` says.
+fn record(
+    ex: &Exchange,
+    status: u16,
+    grpc_status: Option<u8>,
+    flag: Option<&'static str>,
+    end: StreamEnd,
+) {
+    let elapsed = ex.start.elapsed();
+    let grpc_status = end.grpc_status.or(grpc_status);
+    let flag = flag.or(match end.outcome {
+        StreamOutcome::Complete => None,
+        StreamOutcome::Timeout => {
+            ex.state.metrics.proxy_error(ErrorKind::Timeout);
+            Some(ErrorKind::Timeout.flag())
+        }
+        StreamOutcome::UpstreamError => Some("UR"),
+        StreamOutcome::Cancelled => Some("DC"),
+        StreamOutcome::Idle => {
+            ex.state.metrics.proxy_error(ErrorKind::Timeout);
+            Some("SI")
+        }
+    });
+    let grpc_status = match end.outcome {
+        StreamOutcome::Timeout | StreamOutcome::Idle if ex.grpc => Some(grpc::DEADLINE_EXCEEDED),
+        _ => grpc_status,
+    };
+    if ex.report_at_end {
+        // The client leaving or the deadline passing says nothing about the endpoint.
+        let failed = match end.outcome {
+            StreamOutcome::Complete => Some(Outcome::Response(status, grpc_status).is_failure()),
+            StreamOutcome::UpstreamError => Some(true),
+            _ => None,
+        };
+        if let (Some(failed), Some(t), Some(f)) = (failed, &ex.target, &ex.in_flight) {
+            t.cluster.report(f.endpoint(), failed);
+        }
+    }
+    let metrics = ex
+        .target
+        .as_ref()
+        .map_or(&ex.state.unrouted, |t| &t.metrics);
+    metrics.observe(status, grpc_status, elapsed.as_secs_f64());
+
+    if let (Some(log), Some(fields)) = (&ex.state.access_log, &ex.log) {
+        log.write(&Entry {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            listener: &ex.state.name,
+            client: ex.client.to_string(),
+            protocol: version_str(fields.version),
+            method: fields.method.as_str(),
+            authority: ex.authority.as_deref().unwrap_or(""),
+            path: &fields.path,
             status,
             grpc_status,
-            flag,
-        } = *self;
-        let elapsed = ex.start.elapsed();
-        let grpc_status = end.grpc_status.or(grpc_status);
-        let flag = flag.or(match end.outcome {
-            StreamOutcome::Complete => None,
-            StreamOutcome::Timeout => {
-                ex.state.metrics.proxy_error(ErrorKind::Timeout);
-                Some(ErrorKind::Timeout.flag())
-            }
-            StreamOutcome::UpstreamError => Some("UR"),
-            StreamOutcome::Cancelled => Some("DC"),
-            StreamOutcome::Idle => {
-                ex.state.metrics.proxy_error(ErrorKind::Timeout);
-                Some("SI")
-            }
+            duration_ms: round_ms(elapsed),
+            cluster: ex.target.as_ref().map_or("", |t| &t.cluster.name),
+            upstream: ex.in_flight.as_ref().map(|f| f.endpoint().addr.to_string()),
+            bytes_in: ex.bytes_in.load(Ordering::Relaxed),
+            bytes_out: end.bytes_out,
+            flag: flag.unwrap_or("-"),
+            attempts: ex.attempts,
+            request_id: fields.request_id.to_str().unwrap_or(""),
         });
-        let grpc_status = match end.outcome {
-            StreamOutcome::Timeout | StreamOutcome::Idle if ex.grpc => {
-                Some(grpc::DEADLINE_EXCEEDED)
-            }
-            _ => grpc_status,
-        };
-        if ex.report_at_end {
-            // The client leaving or the deadline passing says nothing about the endpoint.
-            let failed = match end.outcome {
-                StreamOutcome::Complete => {
-                    Some(Outcome::Response(status, grpc_status).is_failure())
-                }
-                StreamOutcome::UpstreamError => Some(true),
-                _ => None,
-            };
-            if let (Some(failed), Some(t), Some(f)) = (failed, &ex.target, &ex.in_flight) {
-                t.cluster.report(f.endpoint(), failed);
-            }
-        }
-        let metrics = ex
-            .target
-            .as_ref()
-            .map_or(&ex.state.unrouted, |t| &t.metrics);
-        metrics.observe(status, grpc_status, elapsed.as_secs_f64());
-
-        if let (Some(log), Some(fields)) = (&ex.state.access_log, &ex.log) {
-            log.write(&Entry {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                listener: &ex.state.name,
-                client: ex.client.to_string(),
-                protocol: version_str(fields.version),
-                method: fields.method.as_str(),
-                authority: ex.authority.as_deref().unwrap_or(""),
-                path: &fields.path,
-                status,
-                grpc_status,
-                duration_ms: round_ms(elapsed),
-                cluster: ex.target.as_ref().map_or("", |t| &t.cluster.name),
-                upstream: ex.in_flight.as_ref().map(|f| f.endpoint().addr.to_string()),
-                bytes_in: ex.bytes_in.load(Ordering::Relaxed),
-                bytes_out: end.bytes_out,
-                flag: flag.unwrap_or("-"),
-                attempts: ex.attempts,
-                request_id: fields.request_id.to_str().unwrap_or(""),
-            });
-        }
     }
 }
 
