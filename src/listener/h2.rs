@@ -9,11 +9,14 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, RecvStream};
 use http::header::CONTENT_LENGTH;
@@ -82,6 +85,8 @@ where
     };
     let mut keepalive = KeepAlive::new(conn.ping_pong(), settings.keepalive_interval);
     let mut streams = FuturesUnordered::new();
+    let rerun = Arc::new(Rerun::default());
+    let rerun_waker = Waker::from(rerun.clone());
     let mut shutting_down = false;
     poll_fn(|cx| {
         if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
@@ -89,11 +94,13 @@ where
             conn.graceful_shutdown();
         }
         keepalive.poll(cx)?;
+        rerun.task.register(cx.waker());
         // Take new streams and run the ones that can move; then poll the
         // connection again, so that what they sent is written in this
-        // wake-up, and go round while that brings new streams.
+        // wake-up, and go round while that brings new streams or the
+        // streams want another turn.
         let mut first = true;
-        loop {
+        for _ in 0..MAX_ROUNDS {
             let mut accepted = false;
             loop {
                 match conn.poll_accept(cx) {
@@ -107,14 +114,44 @@ where
                     Poll::Pending => break,
                 }
             }
-            if !first && !accepted {
+            let again = rerun.woken.swap(false, Ordering::AcqRel);
+            if !first && !accepted && !again {
                 return Poll::Pending;
             }
             first = false;
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            let mut streams_cx = Context::from_waker(&rerun_waker);
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut streams_cx) {}
         }
+        // Enough for one turn: let the runtime's other tasks run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await
+}
+
+/// Rounds of streams and connection in one poll of the connection's task.
+const MAX_ROUNDS: usize = 32;
+
+/// The waker the streams' set sees. `FuturesUnordered` wakes it to yield
+/// once a couple of its futures woke themselves while polled, which h2's
+/// streams do whenever they are given window: taken as a yield to the
+/// runtime, that would write each couple of responses in a write of its
+/// own. It is noted instead, and the connection's task goes round again.
+#[derive(Default)]
+struct Rerun {
+    task: AtomicWaker,
+    woken: AtomicBool,
+}
+
+impl Wake for Rerun {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// One stream: wait for the proxied response (dropping the work if the
