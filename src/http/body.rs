@@ -61,7 +61,7 @@ enum Inner {
         stream: h2::RecvStream,
         data_done: bool,
         // Keeps the upstream stream slot taken until the body is done or dropped.
-        _slot: Option<Box<dyn Send + Sync>>,
+        _slot: Option<Arc<dyn Send + Sync>>,
     },
 }
 
@@ -85,7 +85,7 @@ impl ProxyBody {
         }
     }
     /// An upstream HTTP/2 body; `slot` is dropped when the body ends or is dropped.
-    pub fn h2(stream: h2::RecvStream, slot: Option<Box<dyn Send + Sync>>) -> Self {
+    pub fn h2(stream: h2::RecvStream, slot: Option<Arc<dyn Send + Sync>>) -> Self {
         ProxyBody {
             inner: Inner::H2 {
                 stream,

@@ -17,7 +17,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{
     IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
-use crate::http::grpc;
+use crate::http::{grpc, headers};
 use crate::listener::activity::RequestGuard;
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
@@ -63,7 +63,6 @@ impl Exchange {
         client: SocketAddr,
         busy: RequestGuard,
         req: &Request<B>,
-        request_id: HeaderValue,
     ) -> Self {
         let authority = req
             .uri()
@@ -80,7 +79,11 @@ impl Exchange {
             version: req.version(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            request_id,
+            request_id: req
+                .headers()
+                .get(headers::REQUEST_ID)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("")),
         });
         Exchange {
             state,

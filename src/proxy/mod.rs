@@ -34,7 +34,7 @@ use crate::listener::activity::RequestGuard;
 use crate::listener::Serving;
 use crate::metrics::{ListenerMetrics, RouteMetrics};
 use crate::resilience::policy::Outcome;
-use crate::resilience::replay::{Replay, DEFAULT_REPLAY_BYTES};
+use crate::resilience::replay::Replay;
 use crate::router::{RequestInfo, Router};
 use crate::upstream::{Protocol, UpstreamError};
 
@@ -82,8 +82,8 @@ pub async fn handle(
     mut req: Request<ProxyBody>,
 ) -> Response<ObservedBody> {
     // 1. Name the request.
-    let request_id = headers::ensure_request_id(req.headers_mut());
-    let mut ex = Exchange::new(state.clone(), conn.client, busy, &req, request_id);
+    headers::ensure_request_id(req.headers_mut());
+    let mut ex = Exchange::new(state.clone(), conn.client, busy, &req);
     if head_size(&req) > state.max_header_bytes {
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
@@ -167,14 +167,16 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let method = parts.method.clone();
-    let replay_cap = policy
-        .as_ref()
-        .map_or(DEFAULT_REPLAY_BYTES, |p| p.replay_bytes);
+    let tries = policy.as_ref().map_or(1, |p| p.attempts);
+    // Nothing is kept of the body when no other try can follow.
+    let replay_cap = match &policy {
+        Some(p) if tries > 1 => p.replay_bytes,
+        _ => 0,
+    };
     let replay = Replay::new(body, replay_cap, ex.bytes_in.clone());
     if let Some(p) = &policy {
         p.deposit();
     }
-    let tries = policy.as_ref().map_or(1, |p| p.attempts);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut head = Some(parts);
     // One max_requests slot for the whole request, kept across its retries:
@@ -199,7 +201,9 @@ pub async fn handle(
             let what = format!("cluster {} has no healthy endpoint", cluster.name);
             return ex.fail(ProxyError::new(ErrorKind::NoHealthyUpstream, what));
         };
-        tried.push(endpoint.addr);
+        if attempt < tries {
+            tried.push(endpoint.addr);
+        }
         let in_flight = endpoint.start_request();
 
         // The head is copied only while another try may follow.

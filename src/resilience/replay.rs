@@ -164,7 +164,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
                         s.source = None;
                     }
                     if !s.committed && !s.overflowed {
-                        if s.kept + data.len() <= s.cap {
+                        if s.cap > 0 && s.kept + data.len() <= s.cap {
                             s.kept += data.len();
                             s.chunks.push(data.clone());
                             this.next_chunk = s.chunks.len();

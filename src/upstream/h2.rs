@@ -196,7 +196,7 @@ impl Pool {
         let (parts, recv) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            ProxyBody::h2(recv, Some(Box::new(slot))),
+            ProxyBody::h2(recv, Some(slot)),
         ))
     }
 
