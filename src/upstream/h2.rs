@@ -194,10 +194,7 @@ impl Pool {
         }
         let response = response.await.map_err(|e| self.response_error(e))?;
         let (parts, recv) = response.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::h2(recv, Some(slot)),
-        ))
+        Ok(Response::from_parts(parts, ProxyBody::h2(recv, Some(slot))))
     }
 
     /// A stream that failed before its response head: refused unprocessed
