@@ -185,17 +185,7 @@ impl Rules<'_> {
 /// (SRV names start with `_service._proto`); a trailing dot is allowed.
 fn valid_dns_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
+    !name.is_empty() && super::host_labels_ok(name)
 }
 
 const MAX_ENDPOINT_WEIGHT: u32 = 10_000;

@@ -176,17 +176,7 @@ fn check_domain(domain: &str) -> Result<(), String> {
     if port.is_some_and(|p| !valid_port(p)) {
         return bad("the port must be a number from 1 to 65535 (and IPv6 goes in brackets)");
     }
-    let labels_ok = host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        });
-    if !labels_ok {
+    if !super::host_labels_ok(host) {
         return bad("expected `host`, `host:port`, `*.suffix` or `*`, with host names made of letters, digits, `-` and dots");
     }
     Ok(())

@@ -172,3 +172,18 @@ impl Rules<'_> {
         }
     }
 }
+
+/// A host name's labels: 1–63 letters, digits, `-` (not first or last) or
+/// `_` each, 253 bytes in all. Used for DNS names and virtual host domains.
+fn host_labels_ok(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
