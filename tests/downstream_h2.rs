@@ -366,6 +366,30 @@ async fn h1_connection(mut tcp: TcpStream, events: mpsc::UnboundedSender<Event>)
                 let _ = events.send(Event::Closed(target));
                 return;
             }
+            // `TE: Trailers` is how an HTTP/1.1 peer may write it; HTTP/2
+            // takes only the lowercase value.
+            "/te" => {
+                let ok = b"HTTP/1.1 200 OK\r\nTE: Trailers\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
+            "/no-content" => {
+                if tcp
+                    .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // A HEAD answer: the length of the body a GET would get is unknown.
+            _ if head.starts_with("HEAD ") => {
+                let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if tcp.write_all(chunked).await.is_err() {
+                    return;
+                }
+            }
             _ => {
                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                 if tcp.write_all(ok).await.is_err() {
@@ -1236,5 +1260,86 @@ async fn request_bodies_reach_an_http1_upstream_exactly() -> anyhow::Result<()> 
         "a GET without a body reached the upstream as {:?}",
         seen.headers
     );
+    Ok(())
+}
+
+// ------------------------------------------------- response heads and methods
+
+/// What the client receives for `method path`: status, content-length, body.
+async fn head_of(
+    c: &mut H2Client,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(StatusCode, Option<String>, Bytes)> {
+    let req = c.request(method, path)?;
+    let (resp, _) = c.send(req, true).await?;
+    let resp = within(LIMIT, "the response head", async { Ok(resp.await?) }).await?;
+    let length = resp
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap_or("?").to_owned());
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(data) = body.data().await {
+        out.extend_from_slice(&data?);
+    }
+    Ok((status, length, out.into()))
+}
+
+/// A response that ends on its HEADERS gets no `content-length: 0` the
+/// upstream never said (a HEAD answer, a 204), and an HTTP/1.1 upstream's
+/// `TE: Trailers` does not stop its answer from reaching an HTTP/2 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_answers_and_te_from_an_http1_upstream() -> anyhow::Result<()> {
+    let (addr, _up, _events) = h1_upstream().await?;
+    let proxy = ProxyConfig::new("http1", addr)
+        .timeout(None)
+        .start()
+        .await?;
+    let mut c = H2Client::connect(proxy.addr()).await?;
+
+    let (status, length, body) = head_of(&mut c, "HEAD", "/resource").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(length, None, "the HEAD answer's length is unknown, not 0");
+    assert!(body.is_empty());
+
+    let (status, length, _) = head_of(&mut c, "GET", "/no-content").await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(length, None, "a 204 carries no content-length");
+
+    let (status, length, body) = head_of(&mut c, "GET", "/te").await?;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "TE: Trailers reaches the client as `te: trailers`"
+    );
+    assert_eq!(length.as_deref(), Some("2"));
+    assert_eq!(&body[..], b"ok");
+    still_serves(&proxy, &mut c).await
+}
+
+/// CONNECT opens no tunnel: 400 with `x-skiff-error: bad_request`, and the
+/// upstream never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused() -> anyhow::Result<()> {
+    let (up, mut events) = h2_upstream().await?;
+    let proxy = ProxyConfig::new("http2", up.addr)
+        .timeout(None)
+        .start()
+        .await?;
+    let mut c = H2Client::connect(proxy.addr()).await?;
+    let req = Request::builder()
+        .method("CONNECT")
+        .uri(format!("{}", proxy.addr()))
+        .body(())?;
+    let (resp, _) = c.send(req, false).await?;
+    let resp = within(LIMIT, "the CONNECT answer", async { Ok(resp.await?) }).await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()["x-skiff-error"], "bad_request");
+    still_serves(&proxy, &mut c).await?;
+    // The first request to reach the upstream is still_serves' GET.
+    let first = events.wait("a request upstream", |_| true).await?;
+    assert_eq!(first, Event::Arrived("/".into()), "CONNECT went upstream");
     Ok(())
 }

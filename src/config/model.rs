@@ -184,7 +184,7 @@ pub struct ListenerLimits {
     #[serde(default = "default_connection_window")]
     pub initial_connection_window: u32,
     /// Time a client has to send a complete request head (an HTTP/2 client:
-    /// its connection preface and SETTINGS); for HTTP/1.1 it also bounds the
+    /// its connection preface); for HTTP/1.1 it also bounds the
     /// wait for the next request on a kept-alive connection. Default 30s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,

@@ -28,7 +28,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         && headers.get_all(header::TE).iter().count() == 1
         && headers
             .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            .is_some_and(|v| v.as_bytes() == b"trailers")
     {
         return;
     }
@@ -63,6 +63,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     };
     if !te_is_trailers {
         headers.remove(header::TE);
+    } else if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        // HTTP/2 allows `te` only as exactly `trailers` (h2 refuses `Trailers`).
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -142,6 +145,9 @@ mod tests {
         let mut h = map(&[("te", "gzip")]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("te").is_none());
+        let mut h = map(&[("te", "Trailers")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers", "written the one way HTTP/2 accepts");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! they sent goes out before the task sleeps.
 
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
-use h2::{Ping, PingPong, RecvStream};
+use h2::{Ping, PingPong, Reason, RecvStream};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
@@ -40,7 +41,7 @@ pub struct Settings {
     pub max_header_list_size: u32,
     /// A PING this often finds a peer that vanished without closing.
     pub keepalive_interval: Duration,
-    /// Time the client has to send its preface and SETTINGS.
+    /// Time the client has to send its connection preface.
     pub handshake_timeout: Duration,
 }
 
@@ -155,34 +156,74 @@ impl Wake for Rerun {
 }
 
 /// One stream: wait for the proxied response (dropping the work if the
-/// client resets the stream meanwhile), then send it.
-async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>)
+/// client resets the stream meanwhile), then send it. A panic in the
+/// proxying resets this stream and leaves the connection's others alone.
+async fn respond_to<F>(handled: F, respond: SendResponse<Bytes>)
 where
     F: Future<Output = Response<ObservedBody>>,
 {
-    let mut handled = pin!(handled);
-    let answer = poll_fn(|cx| match handled.as_mut().poll(cx) {
-        Poll::Ready(resp) => Poll::Ready(Some(resp)),
-        Poll::Pending => respond.poll_reset(cx).map(|_| None),
-    })
-    .await;
+    let mut respond = respond;
+    let answer = {
+        // Dropped (with the request's state) once the answer is in.
+        let mut handled = pin!(handled);
+        poll_fn(|cx| {
+            let polled = catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(cx)));
+            match polled {
+                Ok(Poll::Ready(resp)) => Poll::Ready(Some(resp)),
+                Ok(Poll::Pending) => respond.poll_reset(cx).map(|_| None),
+                Err(_) => {
+                    tracing::error!("a request's handling panicked; resetting its stream");
+                    respond.send_reset(Reason::INTERNAL_ERROR);
+                    Poll::Ready(None)
+                }
+            }
+        })
+        .await
+    };
     let Some(resp) = answer else {
         return;
     };
     let (mut parts, body) = resp.into_parts();
-    if let Some(len) = body.size_hint().exact() {
-        parts
-            .headers
-            .entry(CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(len));
-    }
     let end = body.is_end_stream();
-    // Dropping the stream handle on an error resets the stream (CANCEL).
-    let Ok(tx) = respond.send_response(Response::from_parts(parts, ()), end) else {
-        return;
+    if !end {
+        // As hyper does: a body of known length says so, unless it is
+        // already over (a HEAD answer, 204, 304 must not claim 0).
+        if let Some(len) = body.size_hint().exact() {
+            parts
+                .headers
+                .entry(CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(len));
+        }
+    }
+    let tx = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // A head h2 will not send (a connection-specific header, say).
+            tracing::debug!(error = %e, "response head refused; resetting the stream");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
     };
     if !end {
-        pipe::pipe(body, tx, BodyError::h2_reason).await;
+        let piped = pin!(pipe::pipe(body, tx, BodyError::h2_reason));
+        if CatchUnwind(piped).await.is_err() {
+            tracing::error!("streaming a response panicked; its stream is dropped");
+        }
+    }
+}
+
+/// A future whose panic is caught and returned as an error.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(cx))) {
+            Ok(p) => p.map(Ok),
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }
 

@@ -133,12 +133,31 @@ pub async fn serve(
         let conn = ConnInfo { client, orig_dst };
         let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
-            open.fetch_add(1, Ordering::AcqRel);
-            current.metrics.connections_active.inc();
+            // Counted until the task ends, even by a panic.
+            let _open = OpenConnection::new(open, current.clone());
             serve_connection(stream, conn, &serving, &current.name, state, stop).await;
-            current.metrics.connections_active.dec();
-            open.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// A connection counted open (for the drain) and active (the gauge).
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    state: Arc<ListenerState>,
+}
+
+impl OpenConnection {
+    fn new(open: Arc<AtomicUsize>, state: Arc<ListenerState>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        state.metrics.connections_active.inc();
+        OpenConnection { open, state }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.state.metrics.connections_active.dec();
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

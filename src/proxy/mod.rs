@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
@@ -84,6 +84,14 @@ pub async fn handle(
     // 1. Name the request.
     headers::ensure_request_id(req.headers_mut());
     let mut ex = Exchange::new(state.clone(), conn.client, busy, &req);
+    if req.method() == Method::CONNECT {
+        // No tunnels: a CONNECT would otherwise go to the routed cluster
+        // as a streaming request.
+        return ex.fail(ProxyError::new(
+            ErrorKind::BadRequest,
+            "CONNECT is not supported",
+        ));
+    }
     if head_size(&req) > state.max_header_bytes {
         let what = format!("request headers exceed {} bytes", state.max_header_bytes);
         return ex.fail(ProxyError::new(ErrorKind::HeadersTooLarge, what));
