@@ -9,7 +9,7 @@
 
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -158,24 +158,20 @@ impl Wake for Rerun {
 /// One stream: wait for the proxied response (dropping the work if the
 /// client resets the stream meanwhile), then send it. A panic in the
 /// proxying resets this stream and leaves the connection's others alone.
-async fn respond_to<F>(handled: F, respond: SendResponse<Bytes>)
+async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>)
 where
     F: Future<Output = Response<ObservedBody>>,
 {
-    let mut respond = respond;
     let answer = {
         // Dropped (with the request's state) once the answer is in.
-        let mut handled = pin!(handled);
-        poll_fn(|cx| {
-            let polled = catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(cx)));
-            match polled {
-                Ok(Poll::Ready(resp)) => Poll::Ready(Some(resp)),
-                Ok(Poll::Pending) => respond.poll_reset(cx).map(|_| None),
-                Err(_) => {
-                    tracing::error!("a request's handling panicked; resetting its stream");
-                    respond.send_reset(Reason::INTERNAL_ERROR);
-                    Poll::Ready(None)
-                }
+        let mut handled = CatchUnwind(pin!(handled));
+        poll_fn(|cx| match Pin::new(&mut handled).poll(cx) {
+            Poll::Ready(Ok(resp)) => Poll::Ready(Some(resp)),
+            Poll::Pending => respond.poll_reset(cx).map(|_| None),
+            Poll::Ready(Err(())) => {
+                tracing::error!("a request's handling panicked; resetting its stream");
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                Poll::Ready(None)
             }
         })
         .await
@@ -218,9 +214,9 @@ struct CatchUnwind<F>(F);
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &mut self.0;
-        match catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
             Ok(p) => p.map(Ok),
             Err(_) => Poll::Ready(Err(())),
         }
@@ -232,7 +228,7 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
 struct KeepAlive {
     ping: Option<PingPong>,
     interval: Duration,
-    timer: std::pin::Pin<Box<Sleep>>,
+    timer: Pin<Box<Sleep>>,
     awaiting_pong: bool,
 }
 
