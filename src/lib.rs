@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod iptables;
 pub mod listener;
 pub mod metrics;
