@@ -1,13 +1,19 @@
-//! What the proxy answers when it, not the app, ends a request (DESIGN §6).
+//! What the proxy answers when it, not the app, ends a request
+//! (docs/architecture.md, "Errors").
 //!
-//! Every proxy-made response is built here and nowhere else, so the status
-//! codes, gRPC codes, `x-skiff-error` kinds and access-log flags stay in step.
+//! This is the one place where a cause becomes an answer: every proxy-made
+//! response, the trailers that end a stream the proxy cuts short, the
+//! access-log flags and the `x-skiff-error` kinds are made here and nowhere
+//! else, so they stay in step.
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::http::body::ProxyBody;
+use crate::http::body::{ProxyBody, StreamOutcome};
 use crate::http::grpc;
+use crate::upstream::UpstreamError;
 
 /// The header naming a proxy-made error's cause. An app's response never carries it.
 pub const ERROR_HEADER: &str = "x-skiff-error";
@@ -106,12 +112,72 @@ impl ErrorKind {
     }
 }
 
-/// A request the proxy ended, with a message for the caller.
+impl ErrorKind {
+    /// The kind named by a response's `x-skiff-error` header: the answer of
+    /// a proxy (this one's peer sidecar, often), not of an app.
+    pub fn of_response(headers: &HeaderMap) -> Option<ErrorKind> {
+        let v = headers.get(ERROR_HEADER)?.as_bytes();
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().as_bytes() == v)
+    }
+}
+
+/// The access-log flag of a client that left before its response ended.
+pub const FLAG_DOWNSTREAM_CLOSED: &str = "DC";
+/// The access-log flag of a stream ended by the stream idle timeout.
+pub const FLAG_STREAM_IDLE: &str = "SI";
+
+/// What a response stream that did not end complete says: the error kind
+/// the proxy counts it as (none when the proxy did not end it) and its
+/// access-log flag. `None` for a stream that ended complete.
+pub fn stream_end(outcome: StreamOutcome) -> Option<(Option<ErrorKind>, &'static str)> {
+    match outcome {
+        StreamOutcome::Complete => None,
+        StreamOutcome::Timeout => Some((Some(ErrorKind::Timeout), ErrorKind::Timeout.flag())),
+        StreamOutcome::Idle => Some((Some(ErrorKind::Timeout), FLAG_STREAM_IDLE)),
+        StreamOutcome::UpstreamError => Some((None, ErrorKind::UpstreamReset.flag())),
+        StreamOutcome::Cancelled => Some((None, FLAG_DOWNSTREAM_CLOSED)),
+    }
+}
+
+/// The trailers that end a gRPC response stream the proxy cuts short (its
+/// deadline passed, or nothing moved for the stream idle timeout): the
+/// [`Expiry`](crate::http::body::Expiry) of gRPC responses.
+pub fn expired_grpc_stream(outcome: StreamOutcome) -> HeaderMap {
+    let message = match outcome {
+        StreamOutcome::Idle => "stream idle timeout: nothing moved",
+        _ => "deadline exceeded while streaming the response",
+    };
+    let mut t = HeaderMap::new();
+    grpc_status_fields(&mut t, ErrorKind::Timeout, message);
+    t
+}
+
+/// `grpc-status`, `grpc-message` and `x-skiff-error` of a proxy-made end.
+fn grpc_status_fields(h: &mut HeaderMap, kind: ErrorKind, message: &str) {
+    h.insert(
+        grpc::GRPC_STATUS,
+        HeaderValue::from(u16::from(kind.grpc_status())),
+    );
+    if let Ok(v) = HeaderValue::from_str(&grpc::percent_encode(message)) {
+        h.insert(grpc::GRPC_MESSAGE, v);
+    }
+    h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+}
+
+/// A request the proxy ended, with a message for the caller and what the
+/// answer needs beyond the kind.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {detail}", kind.as_str())]
 pub struct ProxyError {
     pub kind: ErrorKind,
     pub detail: String,
+    /// When to come back (429, 503): `Retry-After`, in whole seconds rounded up.
+    pub retry_after: Option<Duration>,
+    /// The challenge of a 401 (`WWW-Authenticate`), e.g.
+    /// `Bearer error="invalid_token", error_description="..."`.
+    pub challenge: Option<String>,
 }
 
 impl ProxyError {
@@ -119,15 +185,48 @@ impl ProxyError {
         ProxyError {
             kind,
             detail: detail.into(),
+            retry_after: None,
+            challenge: None,
         }
     }
 
+    /// Tell the caller when to try again.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The `WWW-Authenticate` challenge of an unauthenticated request.
+    pub fn with_challenge(mut self, challenge: impl Into<String>) -> Self {
+        self.challenge = Some(challenge.into());
+        self
+    }
+
+    /// The answer to a try that got no response from the upstream.
+    pub fn upstream(e: &UpstreamError) -> Self {
+        let kind = match e {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                ErrorKind::ConnectFailure
+            }
+            UpstreamError::Reset { .. } | UpstreamError::Refused { .. } => ErrorKind::UpstreamReset,
+            UpstreamError::Overflow { .. } => ErrorKind::Overflow,
+            UpstreamError::Invalid { .. } => ErrorKind::BadRequest,
+        };
+        ProxyError::new(kind, e.to_string())
+    }
+
     /// The response for this error: trailers-only gRPC when the request was
-    /// gRPC, else a plain status with a one-line text body.
+    /// gRPC (HTTP 200 whose headers end the stream), else a plain status with
+    /// a one-line text body.
     pub fn to_response(&self, is_grpc: bool) -> Response<ProxyBody> {
-        let kind = HeaderValue::from_static(self.kind.as_str());
         let mut resp = if is_grpc {
-            grpc::trailers_only(self.kind.grpc_status(), &self.detail)
+            let mut r = Response::new(ProxyBody::empty());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            grpc_status_fields(r.headers_mut(), self.kind, &self.detail);
+            r
         } else {
             let mut r = Response::new(ProxyBody::full(Bytes::from(format!(
                 "{}: {}\n",
@@ -139,19 +238,23 @@ impl ProxyError {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            if self.kind == ErrorKind::RateLimited {
-                r.headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            if self.kind == ErrorKind::Unauthenticated {
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
-            }
+            r.headers_mut()
+                .insert(ERROR_HEADER, HeaderValue::from_static(self.kind.as_str()));
             r
         };
-        resp.headers_mut().insert(ERROR_HEADER, kind);
+        let h = resp.headers_mut();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if self.kind == ErrorKind::Unauthenticated {
+            let challenge = self
+                .challenge
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or(HeaderValue::from_static("Bearer"));
+            h.insert(http::header::WWW_AUTHENTICATE, challenge);
+        }
         resp
     }
 }
@@ -161,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mapping_matches_design_table() {
+    fn mapping_matches_the_documented_table() {
         let cases = [
             (ErrorKind::NoRoute, 404, 12),
             (ErrorKind::NoHealthyUpstream, 503, 14),
@@ -196,9 +299,76 @@ mod tests {
 
     #[test]
     fn http_errors_carry_status_and_kind() {
-        let r = ProxyError::new(ErrorKind::RateLimited, "slow down").to_response(false);
+        let r = ProxyError::new(ErrorKind::RateLimited, "slow down")
+            .with_retry_after(Duration::from_secs(1))
+            .to_response(false);
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(r.headers()[ERROR_HEADER], "rate_limited");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let after = |d| {
+            ProxyError::new(ErrorKind::RateLimited, "slow down")
+                .with_retry_after(d)
+                .to_response(true)
+                .headers()["retry-after"]
+                .clone()
+        };
+        assert_eq!(after(Duration::from_millis(1200)), "2");
+        assert_eq!(after(Duration::from_millis(10)), "1");
+        assert_eq!(after(Duration::from_secs(30)), "30");
+        let none = ProxyError::new(ErrorKind::Overflow, "full").to_response(false);
+        assert!(none.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn unauthenticated_carries_its_challenge() {
+        let r = ProxyError::new(ErrorKind::Unauthenticated, "token expired")
+            .with_challenge(r#"Bearer error="invalid_token", error_description="token expired""#)
+            .to_response(false);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token", error_description="token expired""#
+        );
+        let bare = ProxyError::new(ErrorKind::Unauthenticated, "no token").to_response(true);
+        assert_eq!(bare.headers()["www-authenticate"], "Bearer");
+        assert_eq!(bare.headers()["grpc-status"], "16");
+    }
+
+    #[test]
+    fn a_proxy_answer_is_recognised_by_its_header() {
+        for kind in ErrorKind::ALL {
+            let r = ProxyError::new(kind, "x").to_response(false);
+            let back = ErrorKind::of_response(r.headers()).unwrap();
+            // 431 and 400 share the kind `bad_request`.
+            assert_eq!(back.as_str(), kind.as_str());
+        }
+        assert_eq!(ErrorKind::of_response(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn streams_cut_short_end_with_a_deadline_status() {
+        let t = expired_grpc_stream(StreamOutcome::Idle);
+        assert_eq!(t["grpc-status"], "4");
+        assert_eq!(t[ERROR_HEADER], "timeout");
+        assert_eq!(
+            t["grpc-message"],
+            "stream%20idle%20timeout:%20nothing%20moved"
+        );
+        let t = expired_grpc_stream(StreamOutcome::Timeout);
+        assert_eq!(
+            t["grpc-message"],
+            "deadline%20exceeded%20while%20streaming%20the%20response"
+        );
+        assert_eq!(
+            stream_end(StreamOutcome::Idle),
+            Some((Some(ErrorKind::Timeout), "SI"))
+        );
+        assert_eq!(stream_end(StreamOutcome::Cancelled), Some((None, "DC")));
+        assert_eq!(stream_end(StreamOutcome::UpstreamError), Some((None, "UR")));
+        assert_eq!(stream_end(StreamOutcome::Complete), None);
     }
 }

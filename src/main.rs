@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use skiff::config::{self, Config};
-use skiff::router::{RequestInfo, Router};
+use skiff::router::{explain, RequestInfo};
 
 /// Print a line to stdout; a closed pipe (`skiff validate | head`) is not an error.
 macro_rules! out {
@@ -103,7 +103,6 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when it is first polled: call it before binding anything, so
 /// a signal that comes early drains instead of killing the process.
@@ -195,85 +194,9 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
         a.path,
         a.headers
     );
-    let mut shown = 0;
-    for l in &config.listeners {
-        if a.listener.as_deref().is_some_and(|n| n != l.name) {
-            continue;
-        }
-        shown += 1;
-        let clusters: std::collections::HashMap<&str, &config::Cluster> = config
-            .clusters
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
-        let router = Router::build(l, |name| clusters.get(name).copied())
-            .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
-        out!("\nlistener {} ({})", l.name, l.address);
-        let e = router.explain(&req);
-        let Some((vh, how)) = &e.virtual_host else {
-            out!(
-                "  no virtual host: no domain matches {:?} -> 404 / UNIMPLEMENTED (no_route)",
-                a.authority
-            );
-            for v in router.virtual_hosts() {
-                out!("    {}: {:?}", v.name, v.domains);
-            }
-            continue;
-        };
-        out!("  virtual host {vh}: {how}");
-        for (i, (name, res)) in e.routes.iter().enumerate() {
-            match res {
-                Err(why) => out!("  route {name}: no match: {why}"),
-                Ok(()) => {
-                    let Some(vhost) = router.virtual_hosts().iter().find(|v| &v.name == vh) else {
-                        continue;
-                    };
-                    let r = &vhost.routes[i.min(vhost.routes.len().saturating_sub(1))];
-                    out!("  route {name}: MATCH");
-                    out!("    cluster:  {}", r.action.cluster_names().join(", "));
-                    for c in r.action.cluster_names() {
-                        if let Some(c) = clusters.get(c) {
-                            let eps: Vec<&str> =
-                                c.endpoints.iter().flatten().map(|e| e.address()).collect();
-                            out!(
-                                "      {}: protocol {}, lb {}, endpoints {:?}",
-                                c.name,
-                                yaml_name(&c.protocol),
-                                yaml_name(&c.lb),
-                                eps
-                            );
-                        }
-                    }
-                    let rc = l
-                        .virtual_hosts
-                        .iter()
-                        .find(|v| &v.name == vh)
-                        .and_then(|v| v.routes.get(i));
-                    match r.timeout {
-                        Some(t) => {
-                            out!("    timeout:  {t:?} (a client grpc-timeout may shorten it)")
-                        }
-                        None => {
-                            out!("    timeout:  none (only a client grpc-timeout bounds the call)")
-                        }
-                    }
-                    match rc.and_then(|r| r.retry.as_ref()) {
-                        Some(p) => out!("    retry:    {} attempts on {:?}", p.attempts, p.on),
-                        None => out!("    retry:    none"),
-                    }
-                }
-            }
-        }
-        if e.matched.is_none() {
-            out!("  no route matched -> 404 / UNIMPLEMENTED (no_route)");
-        }
-    }
-    if shown == 0 {
-        anyhow::bail!(
-            "no listener named {:?}",
-            a.listener.as_deref().unwrap_or("")
-        );
-    }
+    let report =
+        explain::report(&config, &req, a.listener.as_deref()).map_err(anyhow::Error::msg)?;
+    out!("{}", report.trim_end());
     Ok(())
 }
 
@@ -311,12 +234,4 @@ fn iptables(a: &IptablesArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// How an enum value is spelled in the YAML.
-fn yaml_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }

@@ -156,11 +156,7 @@ fn listener_state(
         Some(t)
     })
     .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
-    let passthrough = if l.transparent && l.passthrough {
-        Passthrough::new(&l.name, metrics)
-    } else {
-        None
-    };
+    let passthrough = (l.transparent && l.passthrough).then(|| Passthrough::new(&l.name, metrics));
     Ok(ListenerState {
         name: l.name.as_str().into(),
         router,

@@ -12,9 +12,8 @@ pub mod passthrough;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
@@ -23,6 +22,7 @@ use serde::Serialize;
 use crate::config::{self, LbPolicy};
 use crate::metrics::{ClusterMetrics, Metrics};
 use crate::resilience::breaker::Limits;
+use crate::resilience::median::Median;
 use crate::resilience::outlier::OutlierDetection;
 use crate::upstream::PoolConfig;
 use balance::Balancer;
@@ -37,38 +37,6 @@ struct EndpointSet {
     /// them in panic mode.
     endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
-}
-
-/// A streaming estimate of the median (frugal streaming: step 4% toward each
-/// sample), for "is there time for a retry?" — no buffer of samples. The
-/// step size trades precision (±4%) for following a latency change within
-/// a few dozen responses.
-#[derive(Default)]
-pub struct Median(AtomicU64);
-
-impl Median {
-    pub fn observe(&self, d: Duration) {
-        let x = d.as_secs_f64();
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let m = f64::from_bits(bits);
-                let next = if m == 0.0 {
-                    x
-                } else if x > m {
-                    m * 1.01
-                } else if x < m {
-                    m / 1.01
-                } else {
-                    m
-                };
-                Some(next.to_bits())
-            });
-    }
-
-    pub fn get(&self) -> Duration {
-        Duration::from_secs_f64(f64::from_bits(self.0.load(Ordering::Relaxed)))
-    }
 }
 
 /// A named group of endpoints serving the same thing.

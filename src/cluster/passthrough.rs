@@ -22,13 +22,13 @@ pub struct Passthrough {
 impl Passthrough {
     pub const CLUSTER: &'static str = "passthrough";
 
-    pub fn new(listener: &str, metrics: &Metrics) -> Option<Self> {
-        let cfg: config::Cluster = serde_yaml::from_str("name: passthrough\nendpoints: []").ok()?;
-        Some(Passthrough {
+    pub fn new(listener: &str, metrics: &Metrics) -> Self {
+        let cfg = config::Cluster::with_defaults(Self::CLUSTER);
+        Passthrough {
             cluster: Arc::new(Cluster::from_config(&cfg, metrics)),
             metrics: Arc::new(metrics.route(listener, Self::CLUSTER)),
             endpoints: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The pooled endpoint for `dst`.

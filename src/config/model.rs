@@ -333,6 +333,18 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+impl UpstreamProtocol {
+    /// The protocol one request is sent with: `auto` follows the version the
+    /// downstream request came in (HTTP/2 stays HTTP/2, the rest is HTTP/1.1).
+    pub fn resolve(self, downstream: http::Version) -> UpstreamProtocol {
+        match (self, downstream) {
+            (UpstreamProtocol::Auto, http::Version::HTTP_2) => UpstreamProtocol::Http2,
+            (UpstreamProtocol::Auto, _) => UpstreamProtocol::Http1,
+            (p, _) => p,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
@@ -415,6 +427,29 @@ impl Default for PoolSettings {
         PoolSettings {
             idle_timeout: default_pool_idle_timeout(),
             max_idle_per_endpoint: default_max_idle_per_endpoint(),
+        }
+    }
+}
+
+impl Cluster {
+    /// A cluster with every setting at its default and no endpoints (the
+    /// passthrough cluster's, whose endpoints are made per destination).
+    pub fn with_defaults(name: impl Into<String>) -> Cluster {
+        Cluster {
+            name: name.into(),
+            protocol: UpstreamProtocol::default(),
+            connect_timeout: default_connect_timeout(),
+            lb: LbPolicy::default(),
+            hash_header: None,
+            peak_ewma: None,
+            endpoints: None,
+            dns: None,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breaker: None,
+            tls: None,
+            pool: PoolSettings::default(),
+            panic_threshold: None,
         }
     }
 }

@@ -1,11 +1,10 @@
 //! gRPC over HTTP/2 as the proxy needs it: recognising calls, deadlines in
-//! `grpc-timeout`, and trailers-only error responses.
+//! `grpc-timeout`, statuses and messages. The proxy's own gRPC answers are
+//! made in `crate::error`.
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response};
-
-use super::body::ProxyBody;
+use http::{HeaderMap, HeaderValue};
 
 pub const OK: u8 = 0;
 pub const CANCELLED: u8 = 1;
@@ -73,22 +72,6 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
 pub fn status_of(headers: &HeaderMap) -> Option<u8> {
     let v = headers.get(GRPC_STATUS)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
-}
-
-/// A trailers-only gRPC response: HTTP 200 whose headers end the stream and
-/// carry `grpc-status` and a percent-encoded `grpc-message`.
-pub fn trailers_only(status: u8, message: &str) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::empty());
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(status)));
-    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-        h.insert(GRPC_MESSAGE, v);
-    }
-    r
 }
 
 /// Percent-encode a grpc-message as the gRPC spec asks: everything outside

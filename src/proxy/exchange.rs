@@ -13,9 +13,9 @@ use tokio::time::Instant;
 use super::{ListenerState, Target};
 use crate::access_log::Entry;
 use crate::cluster::InFlight;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{self, ProxyError};
 use crate::http::body::{
-    IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
+    Expiry, IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
 use crate::listener::activity::RequestGuard;
@@ -105,7 +105,7 @@ impl Exchange {
         }
     }
 
-    /// Answer with a proxy-made error (DESIGN §6).
+    /// Answer with a proxy-made error (made in `crate::error`).
     pub(super) fn fail(self, err: ProxyError) -> Response<ObservedBody> {
         tracing::debug!(listener = %self.state.name, error = %err, "proxy error");
         self.state.metrics.proxy_error(err.kind);
@@ -134,10 +134,14 @@ impl Exchange {
             flag,
             exchange: self,
         };
-        let grpc = done.exchange.grpc;
+        // A gRPC call cut short must still end with a grpc-status.
+        let expiry = done
+            .exchange
+            .grpc
+            .then_some(crate::error::expired_grpc_stream as Expiry);
         Response::from_parts(
             parts,
-            ObservedBody::new(body, deadline, idle, grpc, Some(Box::new(done))),
+            ObservedBody::new(body, deadline, idle, expiry, Some(Box::new(done))),
         )
     }
 }
@@ -187,24 +191,18 @@ fn record(
     end: StreamEnd,
 ) {
     let elapsed = ex.start.elapsed();
-    let grpc_status = end.grpc_status.or(grpc_status);
-    let flag = flag.or(match end.outcome {
-        StreamOutcome::Complete => None,
-        StreamOutcome::Timeout => {
-            ex.state.metrics.proxy_error(ErrorKind::Timeout);
-            Some(ErrorKind::Timeout.flag())
+    let mut grpc_status = end.grpc_status.or(grpc_status);
+    let mut flag = flag;
+    if let Some((kind, end_flag)) = error::stream_end(end.outcome) {
+        flag = flag.or(Some(end_flag));
+        if let Some(kind) = kind {
+            // The proxy ended the stream itself (deadline, idle timeout).
+            ex.state.metrics.proxy_error(kind);
+            if ex.grpc {
+                grpc_status = Some(kind.grpc_status());
+            }
         }
-        StreamOutcome::UpstreamError => Some("UR"),
-        StreamOutcome::Cancelled => Some("DC"),
-        StreamOutcome::Idle => {
-            ex.state.metrics.proxy_error(ErrorKind::Timeout);
-            Some("SI")
-        }
-    });
-    let grpc_status = match end.outcome {
-        StreamOutcome::Timeout | StreamOutcome::Idle if ex.grpc => Some(grpc::DEADLINE_EXCEEDED),
-        _ => grpc_status,
-    };
+    }
     if ex.report_at_end {
         // The client leaving or the deadline passing says nothing about the endpoint.
         let failed = match end.outcome {

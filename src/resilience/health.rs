@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, Endpoint, UpstreamProtocol};
+use crate::cluster::{Cluster, Endpoint};
 use crate::config;
 use crate::http::body::RequestBody;
 use crate::http::grpc;
@@ -97,10 +97,7 @@ pub async fn probe(cluster: &Cluster, ep: &Endpoint, hc: &HealthCheck) -> Result
     let fut = async {
         match &hc.probe {
             Probe::Http { path } => {
-                let proto = match cluster.protocol {
-                    UpstreamProtocol::Http2 => Protocol::Http2,
-                    _ => Protocol::Http1,
-                };
+                let proto = cluster.protocol;
                 let req = request(
                     Method::GET,
                     &cluster.name,

@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod health;
+pub mod median;
 pub mod outlier;
 pub mod policy;
 pub mod replay;

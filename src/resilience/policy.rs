@@ -66,6 +66,46 @@ impl Outcome {
     }
 }
 
+/// What is known after a try, for the decision whether to make another.
+#[derive(Clone, Copy, Debug)]
+pub struct TryReport<'a> {
+    pub outcome: Outcome,
+    /// This try's number, 1 for the first.
+    pub attempt: u32,
+    pub method: &'a Method,
+    pub grpc: bool,
+    /// Time left before the request's deadline, when it has one.
+    pub time_left: Option<Duration>,
+    /// The whole request body read so far is still kept for a replay.
+    pub replayable: bool,
+    /// The cluster's median latency: a retry needs about this long.
+    pub median_latency: Duration,
+}
+
+/// The decision after a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again after this wait.
+    Retry(Duration),
+    /// This try's answer stands.
+    Stop(Stop),
+}
+
+/// Why no other try follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The outcome is not one the route retries, or it was the last try.
+    Final,
+    /// The request's deadline has passed.
+    OutOfTime,
+    /// Worth a retry, but the request body outgrew the replay buffer.
+    BodyTooLarge,
+    /// Worth a retry, but less time is left than a try usually takes.
+    NoTimeForAnother,
+    /// Worth a retry, but the retry budget is spent.
+    BudgetExhausted,
+}
+
 /// A route's parsed `retry:` block.
 pub struct RetryPolicy {
     /// Total tries, the first included.
@@ -204,6 +244,29 @@ impl RetryPolicy {
         is_grpc || idempotent || self.non_idempotent || outcome.never_reached_app()
     }
 
+    /// Whether another try follows the one `r` reports, and after what wait.
+    /// Rules 1–5 of this module, in order; a retry taken here is withdrawn
+    /// from the budget.
+    pub fn decide(&self, r: &TryReport<'_>) -> Decision {
+        if r.time_left.is_some_and(|l| l.is_zero()) {
+            return Decision::Stop(Stop::OutOfTime);
+        }
+        if r.attempt >= self.attempts || !self.retries(r.outcome, r.method, r.grpc) {
+            return Decision::Stop(Stop::Final);
+        }
+        if !r.replayable {
+            return Decision::Stop(Stop::BodyTooLarge);
+        }
+        if r.time_left.is_some_and(|l| l < r.median_latency) {
+            return Decision::Stop(Stop::NoTimeForAnother);
+        }
+        if !self.withdraw() {
+            return Decision::Stop(Stop::BudgetExhausted);
+        }
+        let wait = self.backoff(r.attempt);
+        Decision::Retry(r.time_left.map_or(wait, |l| wait.min(l)))
+    }
+
     /// Whether this route wants gRPC statuses read (so a response may be held for its trailers).
     pub fn wants_grpc_status(&self) -> bool {
         self.on.grpc != 0
@@ -282,6 +345,75 @@ mod tests {
         assert!(p.retries(Outcome::Refused, &Method::POST, false));
         // gRPC calls are POSTs; the route's list is their opt-in.
         assert!(p.retries(Outcome::Response(503, None), &Method::POST, true));
+    }
+
+    fn report(outcome: Outcome, attempt: u32) -> TryReport<'static> {
+        TryReport {
+            outcome,
+            attempt,
+            method: &Method::GET,
+            grpc: false,
+            time_left: None,
+            replayable: true,
+            median_latency: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn decide_follows_the_rules_in_order() {
+        let p = policy(&["5xx"]);
+        let fail = Outcome::Response(503, None);
+        assert!(
+            matches!(p.decide(&report(fail, 1)), Decision::Retry(w) if w <= Duration::from_millis(25))
+        );
+        assert_eq!(
+            p.decide(&report(fail, 3)),
+            Decision::Stop(Stop::Final),
+            "last try"
+        );
+        assert_eq!(
+            p.decide(&report(Outcome::Response(200, None), 1)),
+            Decision::Stop(Stop::Final)
+        );
+        let out_of_time = TryReport {
+            time_left: Some(Duration::ZERO),
+            ..report(fail, 1)
+        };
+        assert_eq!(p.decide(&out_of_time), Decision::Stop(Stop::OutOfTime));
+        let too_big = TryReport {
+            replayable: false,
+            ..report(fail, 1)
+        };
+        assert_eq!(p.decide(&too_big), Decision::Stop(Stop::BodyTooLarge));
+        let short = TryReport {
+            time_left: Some(Duration::from_millis(5)),
+            ..report(fail, 1)
+        };
+        assert_eq!(p.decide(&short), Decision::Stop(Stop::NoTimeForAnother));
+        // The wait never runs past the deadline.
+        let tight = TryReport {
+            time_left: Some(Duration::from_millis(12)),
+            median_latency: Duration::ZERO,
+            ..report(fail, 3 - 1)
+        };
+        assert!(matches!(p.decide(&tight), Decision::Retry(w) if w <= Duration::from_millis(12)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decide_stops_when_the_budget_is_spent() {
+        let cfg: config::RetryPolicy = serde_yaml::from_str(
+            "attempts: 3\non: [\"5xx\"]\nbudget: { ratio: 0.0, min_per_second: 1 }",
+        )
+        .unwrap();
+        let p = RetryPolicy::from_config(&cfg).unwrap();
+        let fail = report(Outcome::Reset, 1);
+        let mut retried = 0;
+        while let Decision::Retry(_) = p.decide(&fail) {
+            retried += 1;
+            assert!(retried < 100, "the budget never ran out");
+        }
+        assert_eq!(p.decide(&fail), Decision::Stop(Stop::BudgetExhausted));
+        assert!(retried <= 11, "only the reserve: {retried}");
     }
 
     #[test]

@@ -34,6 +34,9 @@ struct Shared<B> {
     trailers: Option<HeaderMap>,
     /// Only the newest try may pull from the client; older ones are cut off.
     current_try: u32,
+    /// Reading the client's body failed (malformed framing, the client reset
+    /// the stream): the request's fault, not the upstream's.
+    client_error: Option<String>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -64,6 +67,7 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
                 source_done,
                 trailers: None,
                 current_try: 0,
+                client_error: None,
                 bytes_in,
             })),
         }
@@ -94,6 +98,12 @@ impl<B: Body<Data = Bytes> + Unpin> Replay<B> {
             .unwrap_or(false)
     }
 
+    /// Why reading the client's body failed, if it did: a try that failed
+    /// after it is the client's fault, not the upstream's.
+    pub fn client_error(&self) -> Option<String> {
+        self.shared.lock().ok().and_then(|s| s.client_error.clone())
+    }
+
     /// A response is on its way to the client: no more tries, drop the copy.
     pub fn commit(&self) {
         if let Ok(mut s) = self.shared.lock() {
@@ -112,7 +122,10 @@ pub struct ReplayBody<B> {
     sent_trailers: bool,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
+impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B>
+where
+    B::Error: std::fmt::Display,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -154,6 +167,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ReplayBody<B> {
             Poll::Ready(Some(Err(e))) => {
                 s.source_done = true;
                 s.source = None;
+                s.client_error = Some(e.to_string());
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {

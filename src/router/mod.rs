@@ -8,7 +8,7 @@
 //! wins, as in Envoy; an index by path (`index.rs`) finds it without trying
 //! every route, and `check` explains decisions for `skiff route`.
 
-mod explain;
+pub mod explain;
 mod index;
 
 use std::collections::HashMap;

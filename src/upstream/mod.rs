@@ -17,12 +17,9 @@ use tokio::net::TcpStream;
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::resilience::breaker::{Limits, Permit};
 
-/// The protocol spoken to an upstream for one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-}
+/// The protocol spoken to an upstream: the cluster's `protocol`, `auto`
+/// resolved per request by the downstream request's version.
+pub use crate::config::UpstreamProtocol as Protocol;
 
 /// Pool settings, from the cluster's config.
 #[derive(Clone, Debug)]
@@ -103,15 +100,16 @@ impl Pool {
         (self.h2.len(), h1)
     }
 
-    /// Send `req` (URI, version and Host are fixed up here) and wait for the response head.
+    /// Send `req` (URI, version and Host are fixed up here) and wait for the
+    /// response head; `proto` `auto` follows the request's own version.
     pub async fn send(
         &self,
         proto: Protocol,
         req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        match proto {
+        match proto.resolve(req.version()) {
             Protocol::Http2 => self.send_h2(req).await,
-            Protocol::Http1 => self.send_h1(req).await,
+            _ => self.send_h1(req).await,
         }
     }
 
