@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2).
+//! The command line (docs/architecture.md, "Command line").
 
 use std::path::PathBuf;
 

@@ -1,7 +1,9 @@
 //! Skiff: a per-pod sidecar proxy for east-west HTTP/2 and gRPC traffic.
 //!
-//! Start reading at [`app`] (what is bound and run) and `proxy.rs` (the
-//! request path, in request order).
+//! Start reading at [`app`] (what is bound and run) and [`proxy`]
+//! (`src/proxy/mod.rs`: the request path, in request order).
+//! `docs/architecture.md` follows a request through every module and holds
+//! the contracts.
 
 pub mod access_log;
 pub mod admin;

@@ -1,5 +1,5 @@
-//! The admin server (DESIGN §4), the metrics after real traffic (§5) and the
-//! access log's line per request.
+//! The admin server, the metrics after real traffic and the access log's line
+//! per request (docs/architecture.md: "Admin endpoints", "Metrics", "Access log").
 
 mod support;
 

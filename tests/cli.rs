@@ -1,5 +1,6 @@
-//! The `skiff` binary's command line (DESIGN §2): help, validate, route,
-//! schema, and `run`'s start-up failure and graceful SIGTERM.
+//! The `skiff` binary's command line (docs/architecture.md, "Command line"):
+//! help, validate, route, schema, and `run`'s start-up failure and graceful
+//! SIGTERM.
 
 mod support;
 

@@ -1,6 +1,7 @@
-//! The errors the proxy itself returns (DESIGN §6), for plain HTTP and gRPC:
-//! status, grpc-status (trailers-only), `x-skiff-error`; an app's own errors
-//! pass untouched and unmarked; garbage never takes the proxy down.
+//! The errors the proxy itself returns (docs/architecture.md, "Errors"), for
+//! plain HTTP and gRPC: status, grpc-status (trailers-only), `x-skiff-error`;
+//! an app's own errors pass untouched and unmarked; garbage never takes the
+//! proxy down.
 
 mod support;
 
@@ -435,8 +436,8 @@ async fn oversize_headers_are_431() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// DESIGN §6: every proxy-made error names its kind in `x-skiff-error`,
-/// including the 400 answers to malformed HTTP/1.1 request heads.
+/// Every proxy-made error names its kind in `x-skiff-error` (docs/architecture.md,
+/// "Errors"), including the 400 answers to malformed HTTP/1.1 request heads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "proxy gap: hyper answers malformed HTTP/1.1 heads with its own 400, without x-skiff-error"]
 async fn http1_400_carries_x_skiff_error() -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! gRPC end to end: tonic (and grpcio) clients -> skiff -> tonic (and grpcio)
 //! servers, every call kind, statuses, trailers, deadlines, large messages,
-//! many streams (DESIGN §6, §7).
+//! many streams (docs/architecture.md, "Errors" and "Protocol rules").
 
 mod support;
 

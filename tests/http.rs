@@ -1,6 +1,7 @@
 //! Plain HTTP end to end: curl and a hyper client, HTTP/1.1 and h2c, to
 //! HTTP/1.1 and HTTP/2 upstreams; large and chunked bodies checked by digest,
-//! trailers, header rules (DESIGN §7), memory under a slow reader, h2load.
+//! trailers, header rules (docs/architecture.md, "Header rules"), memory
+//! under a slow reader, h2load.
 
 mod support;
 
@@ -167,7 +168,8 @@ async fn trailers_pass_h2_to_h2() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// DESIGN §7: never forwarded (nor `te` other than `trailers`, nor the client's `connection`).
+/// Hop-by-hop (docs/architecture.md, "Header rules"): never forwarded (nor `te`
+/// other than `trailers`, nor the client's `connection`).
 const HOP_BY_HOP: [&str; 4] = [
     "keep-alive",
     "proxy-connection",

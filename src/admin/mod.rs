@@ -1,4 +1,5 @@
-//! The admin server (DESIGN §4): metrics, probes, and views of the running state.
+//! The admin server (docs/architecture.md, "Admin endpoints"): metrics,
+//! probes, and views of the running state.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};

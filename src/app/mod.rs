@@ -202,7 +202,7 @@ fn start_listener(l: BoundListener, direction: Direction, state: Arc<ListenerSta
     }
 }
 
-/// The stop sequence of DESIGN/issue: readiness fails at once; inbound
+/// The stop sequence (docs/config.md, `drain`): readiness fails at once; inbound
 /// listeners keep accepting for `delay`, then stop and ask their connections
 /// to finish (GOAWAY / `Connection: close`); outbound listeners keep serving
 /// the app until it closes its connections; all within `timeout`.

@@ -1,4 +1,5 @@
-//! Configuration: parse the YAML (DESIGN §3), validate it, hand out a typed [`Config`].
+//! Configuration: parse the YAML (every key in docs/config.md), validate it,
+//! hand out a typed [`Config`].
 //!
 //! Three steps, in this order: expand `${VAR}` in the text ([`env`]), parse
 //! with serde (unknown keys refused), then validate the rules that span

@@ -1,9 +1,10 @@
-//! The YAML schema (DESIGN §3), one Rust type per YAML mapping.
+//! The YAML schema (every key in docs/config.md), one Rust type per YAML
+//! mapping.
 //!
 //! These types mirror the file 1:1 so that serde reports unknown keys and
 //! `skiff schema` derives the JSON Schema from the same source. Rules that
 //! span several fields (references, duplicates, "not supported yet") live in
-//! `validate.rs`; defaults are applied here so `/config_dump` shows them.
+//! `validate/`; defaults are applied here so `/config_dump` shows them.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub struct Config {
     /// One JSON line per request. Off when the section is absent.
     #[serde(default)]
     pub access_log: Option<AccessLog>,
-    /// DNS resolver for `dns:` clusters (not supported yet).
+    /// DNS servers for `dns:` clusters; the system's (`/etc/resolv.conf`) when absent.
     #[serde(default)]
     pub resolver: Option<Resolver>,
     /// This workload's mesh identity (not supported yet).
@@ -246,7 +247,7 @@ pub struct Route {
     /// Overall timeout of the exchange; none when absent (long streams live).
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// Not supported yet.
+    /// When a failed try is tried again; one try when absent.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
     /// `false` skips the listener's JWT check on this route. Not supported yet.
@@ -376,16 +377,16 @@ pub struct Cluster {
     /// Static endpoints: `"ip:port"` or `{address, weight}`.
     #[serde(default)]
     pub endpoints: Option<Vec<EndpointSpec>>,
-    /// Not supported yet.
+    /// Endpoints from DNS (A/AAAA or SRV), instead of `endpoints`.
     #[serde(default)]
     pub dns: Option<DnsDiscovery>,
-    /// Not supported yet.
+    /// Active health checks (HTTP or gRPC); every endpoint counts as healthy without them.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
-    /// Not supported yet.
+    /// Passive ejection of endpoints that keep failing.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
-    /// Not supported yet.
+    /// Caps on requests, pending connects and connections; 1024 each when absent.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
     /// Not supported yet.

@@ -1,5 +1,6 @@
-//! Header hygiene of DESIGN §7: hop-by-hop headers stay on their hop,
-//! `x-request-id` is kept or made, `traceparent` passes untouched.
+//! Header hygiene (docs/architecture.md, "Header rules"): hop-by-hop
+//! headers stay on their hop, `x-request-id` is kept or made, `traceparent`
+//! passes untouched.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 

@@ -1,4 +1,5 @@
-//! The proxy's Prometheus metrics (DESIGN §5), on one registry, no globals.
+//! The proxy's Prometheus metrics (docs/architecture.md, "Metrics"), on one
+//! registry, no globals.
 //!
 //! Label children are resolved when a listener or cluster is built and kept
 //! in small handle structs, so the request path bumps counters without

@@ -25,7 +25,8 @@ use super::model::{Cluster, Listener, Route};
 use super::parse::Draft;
 use super::{ConfigError, Dur, Locator};
 
-/// A key the schema accepts (DESIGN §3.1) whose behaviour is not built yet.
+/// A key the schema accepts (docs/architecture.md, "Coming keys") whose
+/// behaviour is not built yet.
 /// It is refused, never silently ignored. Delete its row in the change that
 /// builds the behaviour.
 struct NotYet<T> {
