@@ -17,7 +17,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "SKIFF_LOG")]
     pub log_level: Option<String>,
 
-    /// Log format: json (default when stdout is not a terminal) or text.
+    /// Log format: json (default when stderr, where logs go, is not a terminal) or text.
     #[arg(long, global = true, value_parser = ["json", "text"])]
     pub log_format: Option<String>,
 

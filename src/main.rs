@@ -52,7 +52,7 @@ fn init_logging(cli: &Cli) {
     let json = match cli.log_format.as_deref() {
         Some("json") => true,
         Some(_) => false,
-        None => !std::io::stdout().is_terminal(),
+        None => !std::io::stderr().is_terminal(),
     };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
