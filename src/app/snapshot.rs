@@ -14,9 +14,9 @@ use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
+use crate::listener::state::{ListenerState, Target};
 use crate::listener::{self, Serving};
 use crate::metrics::Metrics;
-use crate::proxy::{ListenerState, Target};
 use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
 

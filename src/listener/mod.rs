@@ -11,6 +11,7 @@ pub mod activity;
 pub mod detect;
 pub mod h2;
 pub mod original_dst;
+pub mod state;
 pub mod tcp;
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use activity::Activity;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use detect::Detected;
+use state::{ConnInfo, ListenerState};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,7 +37,7 @@ use tokio::sync::watch;
 use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
 use crate::http::body::ProxyBody;
-use crate::proxy::{self, ConnInfo, ListenerState};
+use crate::proxy;
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, Version};
 use tokio::time::Instant;
 
-use super::{ListenerState, Target};
 use crate::access_log::Entry;
 use crate::cluster::InFlight;
 use crate::error::{self, ProxyError};
@@ -19,6 +18,7 @@ use crate::http::body::{
 };
 use crate::http::{grpc, headers};
 use crate::listener::activity::RequestGuard;
+use crate::listener::state::{ListenerState, Target};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
