@@ -132,7 +132,12 @@ pub async fn serve(
         } else {
             None
         };
-        let conn = ConnInfo { client, orig_dst };
+        // Shared by the connection's requests: one allocation per connection.
+        let conn = Arc::new(ConnInfo {
+            client,
+            orig_dst,
+            peer: None,
+        });
         let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
             // Counted until the task ends, even by a panic.
@@ -165,7 +170,7 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     mut stream: TcpStream,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
     name: &str,
     state: Arc<ArcSwap<ListenerState>>,
@@ -221,11 +226,12 @@ async fn serve_connection(
     let shutdown = {
         let activity = activity.clone();
         let idle_limit = serving.connection_idle_timeout;
+        let client = conn.client;
         async move {
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = idle(&activity, idle_limit) => {
-                    tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
+                    tracing::debug!(listener = %name, %client, "closing an idle connection");
                 }
             }
         }
@@ -240,7 +246,7 @@ async fn serve_connection(
 /// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's task.
 async fn serve_h2(
     stream: detect::Rewind<TcpStream>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
     name: &str,
     state: Arc<ArcSwap<ListenerState>>,
@@ -253,7 +259,7 @@ async fn serve_h2(
         let req = req.map(|body| ProxyBody::h2(body, None));
         // Boxed: the request's future is several KiB, and the connection's
         // set of streams would move it once more.
-        Box::pin(proxy::handle(current, conn, activity.request(), req))
+        Box::pin(proxy::handle(current, conn.clone(), activity.request(), req))
     };
     let (io, flusher) = coalesce::coalesce(stream);
     let served = h2::serve(io, &serving.h2, handle, shutdown);
@@ -266,7 +272,7 @@ async fn serve_h2(
 /// vectored write already, so the socket is not wrapped in `coalesce`.
 async fn serve_http1(
     stream: detect::Rewind<TcpStream>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
     name: &str,
     state: Arc<ArcSwap<ListenerState>>,
@@ -275,11 +281,12 @@ async fn serve_http1(
 ) {
     let requests = state.clone();
     let busy = activity.clone();
+    let info = conn.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // Each request sees the config snapshot current when it arrives.
         let current = requests.load_full();
         let req = req.map(ProxyBody::hyper);
-        let handled = Box::pin(proxy::handle(current, conn, busy.request(), req));
+        let handled = Box::pin(proxy::handle(current, info.clone(), busy.request(), req));
         async move { Ok::<_, Infallible>(handled.await) }
     });
     let mut http = pin!(serving

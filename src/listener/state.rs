@@ -13,6 +13,7 @@ use super::Serving;
 use crate::access_log::AccessLog;
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
+use crate::identity::Identity;
 use crate::metrics::{ListenerMetrics, RouteMetrics};
 use crate::router::Router;
 
@@ -23,12 +24,17 @@ pub struct Target {
     pub metrics: Arc<RouteMetrics>,
 }
 
-/// Where a downstream connection came from and, when it was redirected
-/// by iptables, where it was going.
-#[derive(Clone, Copy, Debug)]
+/// Where a downstream connection came from, when it was redirected by
+/// iptables where it was going, and who the peer proved to be.
+///
+/// Built once per connection and shared by its requests (`Arc<ConnInfo>`).
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub orig_dst: Option<SocketAddr>,
+    /// The peer's identity, set only when a handshake verified it (mesh
+    /// TLS); `None` on a plain connection.
+    pub peer: Option<Identity>,
 }
 
 /// Everything one listener's requests need, shared by its connections.

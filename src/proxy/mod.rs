@@ -40,7 +40,7 @@ use crate::router::RequestInfo;
 /// Proxy one request from a downstream client.
 pub async fn handle(
     state: Arc<ListenerState>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     busy: RequestGuard,
     mut req: Request<ProxyBody>,
 ) -> Response<ObservedBody> {
