@@ -185,14 +185,16 @@ async fn serve_connection(
     if serving.transparent || serving.passthrough {
         match detect::detect(&mut stream, serving.detect_timeout).await {
             Ok((Detected::Http, read)) => prefix = read,
-            Ok((Detected::Opaque, read)) => {
+            // TLS the app does itself, for now: the listener terminates no
+            // TLS yet, so a ClientHello goes where any other opaque stream goes.
+            Ok((detected @ (Detected::Opaque | Detected::Tls), read)) => {
                 match (serving.passthrough, conn.orig_dst) {
                     (true, Some(dst)) => {
                         let stream = detect::Rewind::new(read, stream);
                         tcp::forward(stream, dst, serving.connect_timeout, name).await;
                     }
                     _ => {
-                        tracing::debug!(listener = %name, client = %conn.client, "not HTTP and no passthrough: closing")
+                        tracing::debug!(listener = %name, client = %conn.client, ?detected, "not HTTP and no passthrough: closing")
                     }
                 }
                 return;
