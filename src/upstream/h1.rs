@@ -40,9 +40,9 @@ impl Pool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| UpstreamError::Reset {
+            .map_err(|e| UpstreamError::Handshake {
                 addr: self.addr,
-                reason: format!("HTTP/1.1 handshake failed: {e}"),
+                reason: format!("HTTP/1.1: {e}"),
             })?;
         let addr = self.addr;
         tokio::spawn(async move {

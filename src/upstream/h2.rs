@@ -115,9 +115,9 @@ impl Pool {
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(|e| UpstreamError::Reset {
+            .map_err(|e| UpstreamError::Handshake {
                 addr: self.addr,
-                reason: format!("HTTP/2 handshake failed: {e}"),
+                reason: format!("HTTP/2: {e}"),
             })?;
         let conn = Arc::new(H2Conn {
             sender,

@@ -42,6 +42,11 @@ pub enum UpstreamError {
     },
     #[error("connect to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    /// The connection was made but its handshake failed (HTTP/1.1, HTTP/2;
+    /// a transport handshake such as TLS belongs here too): nothing was sent.
+    #[error("handshake with upstream {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    /// A stream or connection broke before the response head.
     #[error("upstream {addr} reset the request before responding: {reason}")]
     Reset { addr: SocketAddr, reason: String },
     /// The upstream refused the stream before processing it (REFUSED_STREAM, GOAWAY).
