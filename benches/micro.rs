@@ -158,7 +158,7 @@ fn policy_pick(c: &mut Criterion) {
     use skiff::cluster::{Endpoint, EwmaSettings};
     use skiff::config::LbPolicy;
     use skiff::resilience::breaker::Limits;
-    use skiff::upstream::PoolConfig;
+    use skiff::upstream::{Connector, PoolConfig};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -167,6 +167,7 @@ fn policy_pick(c: &mut Criterion) {
         idle_timeout: Duration::from_secs(60),
         max_idle: 0,
         limits: Arc::new(Limits::unlimited()),
+        connector: Connector::tcp(),
     };
     let mut group = c.benchmark_group("pick");
     for n in [10usize, 100, 1_000] {

@@ -36,9 +36,9 @@ impl Pool {
     }
 
     async fn connect_h1(&self) -> Result<Sender, UpstreamError> {
-        let (tcp, permit) = self.connect().await?;
+        let (io, permit) = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Handshake {
                 addr: self.addr,

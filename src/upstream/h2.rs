@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use ::h2::Reason;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use tokio::time::Instant;
@@ -106,8 +107,8 @@ impl Pool {
         if let Some(slot) = self.h2.try_take() {
             return Ok(slot);
         }
-        let (tcp, permit) = self.connect().await?;
-        let (io, flusher) = coalesce::coalesce(tcp);
+        let (io, permit) = self.connect().await?;
+        let (io, flusher) = coalesce::coalesce(io);
         let (sender, connection) = ::h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(1 << 20)
@@ -149,7 +150,7 @@ impl Pool {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         parts.version = Version::HTTP_2;
-        parts.uri = absolute_uri(&parts, self.addr)?;
+        parts.uri = absolute_uri(&parts, self.config.connector.scheme(), self.addr)?;
         parts.headers.remove(http::header::HOST);
         let end_of_stream = body.is_end_stream();
         let head = Request::from_parts(parts, ());
@@ -229,9 +230,12 @@ impl Pool {
 }
 
 /// HTTP/2 wants scheme and authority in the URI; an HTTP/1.1 request has the
-/// authority in its Host header.
+/// authority in its Host header and no scheme, which then is the
+/// connection's (`http` in clear, `https` over TLS). A request that came
+/// with both (from an HTTP/2 client) is sent as it came.
 fn absolute_uri(
     parts: &http::request::Parts,
+    scheme: Scheme,
     addr: std::net::SocketAddr,
 ) -> Result<Uri, UpstreamError> {
     if parts.uri.authority().is_some() && parts.uri.scheme().is_some() {
@@ -255,7 +259,7 @@ fn absolute_uri(
         .map(|p| p.as_str())
         .unwrap_or("/");
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(pq)
         .build()
