@@ -7,7 +7,7 @@
 //! the config when asked, and drains on shutdown.
 
 mod reload;
-mod snapshot;
+pub(crate) mod snapshot;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,6 +13,8 @@ pub mod h2;
 pub mod original_dst;
 pub mod state;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +33,7 @@ use state::{ConnInfo, ListenerState};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -245,16 +248,20 @@ async fn serve_connection(
     }
 }
 
-/// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's task.
-async fn serve_h2(
-    stream: detect::Rewind<TcpStream>,
+/// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's
+/// task. `stream` is any byte stream: TCP with the bytes detection read put
+/// back, or a TLS stream over it.
+async fn serve_h2<S>(
+    stream: S,
     conn: Arc<ConnInfo>,
     serving: &Serving,
     name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let handle = |req: http::Request<::h2::RecvStream>| {
         // Each request sees the config snapshot current when it arrives.
         let current = state.load_full();
@@ -270,17 +277,20 @@ async fn serve_h2(
     }
 }
 
-/// HTTP/1.1 on hyper. hyper writes each response head and body in one
-/// vectored write already, so the socket is not wrapped in `coalesce`.
-async fn serve_http1(
-    stream: detect::Rewind<TcpStream>,
+/// HTTP/1.1 on hyper, on any byte stream (as `serve_h2`). hyper writes each
+/// response head and body in one vectored write already, so the stream is
+/// not wrapped in `coalesce`.
+async fn serve_http1<S>(
+    stream: S,
     conn: Arc<ConnInfo>,
     serving: &Serving,
     name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let requests = state.clone();
     let busy = activity.clone();
     let info = conn.clone();
