@@ -6,6 +6,12 @@
 //! stops accepting and every connection is asked to finish gracefully
 //! (GOAWAY for HTTP/2, `Connection: close` after the current response for
 //! HTTP/1.1); so is a connection idle for `connection_idle_timeout`.
+//!
+//! Each connection's task runs in a `conn{listener, client, orig_dst, peer}`
+//! span and each request in a `req{method, authority, path, request_id}`
+//! span inside it, so every line logged about them says which they are.
+//! Both are at debug level: at the default `info` they are disabled spans,
+//! and none of their fields is read or formatted.
 
 pub mod activity;
 pub mod detect;
@@ -30,16 +36,19 @@ use bytes::Bytes;
 use detect::Detected;
 use state::{ConnInfo, ListenerState};
 
+use http::header::HOST;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
 use crate::http::body::ProxyBody;
+use crate::http::headers;
 use crate::proxy;
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
@@ -141,12 +150,21 @@ pub async fn serve(
             orig_dst,
             peer: None,
         });
+        // Every line logged about the connection carries these fields.
+        let span = tracing::debug_span!(
+            "conn",
+            listener = %current.name,
+            %client,
+            orig_dst = orig_dst.map(tracing::field::display),
+            peer = conn.peer.as_ref().map(tracing::field::display),
+        );
         let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
-        tokio::spawn(async move {
+        let task = async move {
             // Counted until the task ends, even by a panic.
-            let _open = OpenConnection::new(open, current.clone());
-            serve_connection(stream, conn, &serving, &current.name, state, stop).await;
-        });
+            let _open = OpenConnection::new(open, current);
+            serve_connection(stream, conn, &serving, state, stop).await;
+        };
+        tokio::spawn(task.instrument(span));
     }
 }
 
@@ -175,13 +193,12 @@ async fn serve_connection(
     mut stream: TcpStream,
     conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Some(dst) = conn.orig_dst {
         if serving.opaque_ports.contains(&dst.port()) {
-            return tcp::forward(stream, dst, serving.connect_timeout, name).await;
+            return tcp::forward(stream, dst, serving.connect_timeout).await;
         }
     }
     let mut prefix = Bytes::new();
@@ -194,16 +211,16 @@ async fn serve_connection(
                 match (serving.passthrough, conn.orig_dst) {
                     (true, Some(dst)) => {
                         let stream = detect::Rewind::new(read, stream);
-                        tcp::forward(stream, dst, serving.connect_timeout, name).await;
+                        tcp::forward(stream, dst, serving.connect_timeout).await;
                     }
                     _ => {
-                        tracing::debug!(listener = %name, client = %conn.client, ?detected, "not HTTP and no passthrough: closing")
+                        tracing::debug!(?detected, "not HTTP and no passthrough: closing")
                     }
                 }
                 return;
             }
             Err(e) => {
-                tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                tracing::debug!(error = %e, "reading the first bytes failed");
                 return;
             }
         }
@@ -219,7 +236,7 @@ async fn serve_connection(
                     h2
                 }
                 Err(e) => {
-                    tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                    tracing::debug!(error = %e, "reading the first bytes failed");
                     return;
                 }
             }
@@ -231,20 +248,19 @@ async fn serve_connection(
     let shutdown = {
         let activity = activity.clone();
         let idle_limit = serving.connection_idle_timeout;
-        let client = conn.client;
         async move {
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = idle(&activity, idle_limit) => {
-                    tracing::debug!(listener = %name, %client, "closing an idle connection");
+                    tracing::debug!("closing an idle connection");
                 }
             }
         }
     };
     if h2 {
-        serve_h2(stream, conn, serving, name, state, &activity, shutdown).await
+        serve_h2(stream, conn, serving, state, &activity, shutdown).await
     } else {
-        serve_http1(stream, conn, serving, name, state, &activity, shutdown).await
+        serve_http1(stream, conn, serving, state, &activity, shutdown).await
     }
 }
 
@@ -255,25 +271,26 @@ async fn serve_h2<S>(
     stream: S,
     conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let handle = |req: http::Request<::h2::RecvStream>| {
+    let handle = |mut req: http::Request<::h2::RecvStream>| {
         // Each request sees the config snapshot current when it arrives.
         let current = state.load_full();
+        headers::ensure_request_id(req.headers_mut());
+        let span = request_span(&req);
         let req = req.map(|body| ProxyBody::h2(body, None));
         // Boxed: the request's future is several KiB, and the connection's
         // set of streams would move it once more.
-        Box::pin(proxy::handle(current, conn.clone(), activity.request(), req))
+        Box::pin(proxy::handle(current, conn.clone(), activity.request(), req).instrument(span))
     };
     let (io, flusher) = coalesce::coalesce(stream);
     let served = h2::serve(io, &serving.h2, handle, shutdown);
     if let Err(e) = Flushing::new(Box::pin(served), flusher).await {
-        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -284,7 +301,6 @@ async fn serve_http1<S>(
     stream: S,
     conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
@@ -293,12 +309,14 @@ async fn serve_http1<S>(
 {
     let requests = state.clone();
     let busy = activity.clone();
-    let info = conn.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         // Each request sees the config snapshot current when it arrives.
         let current = requests.load_full();
+        headers::ensure_request_id(req.headers_mut());
+        let span = request_span(&req);
         let req = req.map(ProxyBody::hyper);
-        let handled = Box::pin(proxy::handle(current, info.clone(), busy.request(), req));
+        let handled = proxy::handle(current, conn.clone(), busy.request(), req).instrument(span);
+        let handled = Box::pin(handled);
         async move { Ok::<_, Infallible>(handled.await) }
     });
     let mut http = pin!(serving
@@ -312,7 +330,7 @@ async fn serve_http1<S>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+        tracing::debug!(error = %e, "connection ended with an error");
         // hyper answered a request head it could not parse with a bare 400;
         // count it with the proxy's other bad requests.
         if e.is_parse() || e.is_parse_too_large() {
@@ -322,6 +340,27 @@ async fn serve_http1<S>(
                 .proxy_error(crate::error::ErrorKind::BadRequest);
         }
     }
+}
+
+/// The span of one request. While its level is off this is a disabled span:
+/// none of the fields below is read, formatted or stored.
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "req",
+        method = %req.method(),
+        authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+            .map(tracing::field::display),
+        path = %req.uri().path(),
+        request_id = req
+            .headers()
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(tracing::field::display),
+    )
 }
 
 /// Resolves once the connection has had no request in flight for `limit`.

@@ -11,6 +11,7 @@ use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Pool, UpstreamError};
 use crate::coalesce::{self, Flushing};
@@ -135,12 +136,14 @@ impl Pool {
         } else if let Ok(mut conns) = self.h2.conns.lock() {
             conns.push(conn.clone());
         }
-        let (idle, addr) = (self.config.idle_timeout, self.addr);
+        let idle = self.config.idle_timeout;
+        let span = tracing::debug_span!("upstream", addr = %self.addr);
         let driven = conn.clone();
-        tokio::spawn(async move {
-            drive(Flushing::new(connection, flusher), driven, idle, addr).await;
+        let task = async move {
+            drive(Flushing::new(connection, flusher), driven, idle).await;
             drop(permit); // the max_connections slot lives as long as the connection
-        });
+        };
+        tokio::spawn(task.instrument(span));
         Ok(StreamSlot(conn))
     }
 
@@ -269,13 +272,10 @@ fn absolute_uri(
         })
 }
 
-/// Poll the connection until it ends, or close it after `idle` without streams.
-async fn drive<C>(
-    mut connection: C,
-    conn: Arc<H2Conn>,
-    idle: std::time::Duration,
-    addr: std::net::SocketAddr,
-) where
+/// Poll the connection until it ends, or close it after `idle` without
+/// streams. Logged in the connection's span (addr).
+async fn drive<C>(mut connection: C, conn: Arc<H2Conn>, idle: std::time::Duration)
+where
     C: std::future::Future<Output = Result<(), ::h2::Error>> + Unpin,
 {
     let check = (idle / 4).max(std::time::Duration::from_millis(250));
@@ -283,7 +283,7 @@ async fn drive<C>(
         tokio::select! {
             res = &mut connection => {
                 if let Err(e) = res {
-                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
                 break;
             }
@@ -301,7 +301,7 @@ async fn drive<C>(
                         .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    tracing::debug!(%addr, "closing idle or retired upstream HTTP/2 connection");
+                    tracing::debug!("closing idle or retired upstream HTTP/2 connection");
                     break;
                 }
             }
