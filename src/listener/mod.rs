@@ -150,14 +150,7 @@ pub async fn serve(
             orig_dst,
             peer: None,
         });
-        // Every line logged about the connection carries these fields.
-        let span = tracing::debug_span!(
-            "conn",
-            listener = %current.name,
-            %client,
-            orig_dst = orig_dst.map(tracing::field::display),
-            peer = conn.peer.as_ref().map(tracing::field::display),
-        );
+        let span = connection_span(&current.name, &conn);
         let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
         let task = async move {
             // Counted until the task ends, even by a panic.
@@ -342,9 +335,22 @@ async fn serve_http1<S>(
     }
 }
 
-/// The span of one request. While its level is off this is a disabled span:
-/// none of the fields below is read, formatted or stored.
-fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+/// The span a connection's task runs in: every line logged about the
+/// connection carries these fields. While its level is off this is a
+/// disabled span: none of the fields is read, formatted or stored.
+pub fn connection_span(listener: &str, conn: &ConnInfo) -> tracing::Span {
+    tracing::debug_span!(
+        "conn",
+        listener = %listener,
+        client = %conn.client,
+        orig_dst = conn.orig_dst.map(tracing::field::display),
+        peer = conn.peer.as_ref().map(tracing::field::display),
+    )
+}
+
+/// The span a request's handling runs in (its request id already set).
+/// Disabled, at no more cost than a level check, while its level is off.
+pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     tracing::debug_span!(
         "req",
         method = %req.method(),
