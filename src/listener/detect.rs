@@ -255,9 +255,8 @@ mod tests {
     async fn detects_a_client_hello_sent_in_pieces() {
         use tokio::io::AsyncWriteExt;
         let (mut client, mut server) = tokio::io::duplex(1024);
-        let detected = tokio::spawn(async move {
-            detect(&mut server, Duration::from_secs(5)).await.unwrap()
-        });
+        let detected =
+            tokio::spawn(async move { detect(&mut server, Duration::from_secs(5)).await.unwrap() });
         client.write_all(&CLIENT_HELLO[..2]).await.unwrap();
         client.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;

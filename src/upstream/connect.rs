@@ -29,8 +29,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub type BoxedIo = Box<dyn Io>;
 
 /// What [`Connect::connect`] returns.
-pub type Connecting<'a> =
-    Pin<Box<dyn Future<Output = Result<BoxedIo, UpstreamError>> + Send + 'a>>;
+pub type Connecting<'a> = Pin<Box<dyn Future<Output = Result<BoxedIo, UpstreamError>> + Send + 'a>>;
 
 /// A way to open connections to an upstream endpoint.
 pub trait Connect: fmt::Debug + Send + Sync + 'static {

@@ -196,7 +196,10 @@ async fn a_failed_connect_is_the_connectors_error() {
         .await
         .err()
         .unwrap();
-    assert!(matches!(err, UpstreamError::Connect { addr, .. } if addr == ADDR), "{err}");
+    assert!(
+        matches!(err, UpstreamError::Connect { addr, .. } if addr == ADDR),
+        "{err}"
+    );
 }
 
 #[tokio::test]
