@@ -214,3 +214,18 @@ async fn tcp_connects_to_a_listening_port() {
     let err = Connector::tcp().connect(addr).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
 }
+
+#[test]
+fn a_failed_handshake_is_answered_as_a_connect_failure() {
+    use crate::error::{ErrorKind, ProxyError};
+    let e = UpstreamError::Handshake {
+        addr: ADDR,
+        reason: "HTTP/2: connection closed before the preface".into(),
+    };
+    assert_eq!(ProxyError::upstream(&e).kind, ErrorKind::ConnectFailure);
+    assert!(
+        e.to_string()
+            .starts_with("handshake with upstream 127.0.0.1:9 failed"),
+        "{e}"
+    );
+}
