@@ -59,7 +59,13 @@ fn init_logging(cli: &Cli) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
-        b.json().flatten_event(true).with_current_span(false).init();
+        // Each line carries the spans it was logged in (conn, req, upstream),
+        // outermost first, with their fields.
+        b.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
     } else {
         b.init();
     }

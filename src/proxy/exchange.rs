@@ -107,7 +107,7 @@ impl Exchange {
 
     /// Answer with a proxy-made error (made in `crate::error`).
     pub(super) fn fail(self, err: ProxyError) -> Response<ObservedBody> {
-        tracing::debug!(listener = %self.state.name, error = %err, "proxy error");
+        tracing::debug!(error = %err, "proxy error");
         self.state.metrics.proxy_error(err.kind);
         let resp = err.to_response(self.grpc);
         self.respond(resp, Some(err.kind.flag()))
