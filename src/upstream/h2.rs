@@ -18,6 +18,19 @@ use crate::coalesce::{self, Flushing};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::pipe;
 
+/// The flow-control windows of an upstream HTTP/2 connection, and the most
+/// streams one connection carries. Data a client has not read yet stays
+/// unreleased in its stream's window, and so in the connection's: a client
+/// that stops reading holds up to one stream window of the connection's.
+/// With at most `CONNECTION_WINDOW / STREAM_WINDOW` streams on a connection,
+/// every stream on it can always be sent a full window however many of the
+/// others are stalled, so slow readers never hold back anyone else's
+/// responses; past that many streams the pool opens another connection.
+/// What one stalled stream can pin in memory is one stream window.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_STREAMS_PER_CONNECTION: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+
 /// `active` of a connection being closed for idleness: larger than any
 /// stream limit, so no new stream can be taken on it.
 const CLOSING: usize = usize::MAX / 2;
@@ -62,7 +75,10 @@ impl H2Pool {
         let mut conns = self.conns.lock().ok()?;
         conns.retain(|c| !c.closed.load(Ordering::Acquire));
         for c in conns.iter() {
-            let max = c.sender.current_max_send_streams();
+            let max = c
+                .sender
+                .current_max_send_streams()
+                .min(MAX_STREAMS_PER_CONNECTION);
             let taken = c
                 .active
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
@@ -112,8 +128,8 @@ impl Pool {
         let (io, flusher) = coalesce::coalesce(io);
         let (sender, connection) = ::h2::client::Builder::new()
             .enable_push(false)
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
