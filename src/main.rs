@@ -200,8 +200,14 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
         a.path,
         a.headers
     );
-    let report =
-        explain::report(&config, &req, a.listener.as_deref()).map_err(anyhow::Error::msg)?;
+    let peer = a
+        .peer
+        .as_deref()
+        .map(skiff::identity::Identity::parse)
+        .transpose()
+        .context("--peer is not a SPIFFE ID")?;
+    let report = explain::report(&config, &req, peer.as_ref(), a.listener.as_deref())
+        .map_err(anyhow::Error::msg)?;
     out!("{}", report.trim_end());
     Ok(())
 }

@@ -136,6 +136,10 @@ rule!(zero_streams, "zero_streams.yaml", 8:31, "listeners[0].limits.max_concurre
 rule!(empty_access_log_path, "empty_access_log_path.yaml", 5:9, "access_log.path", "`path` cannot be empty");
 rule!(zero_worker_threads, "zero_worker_threads.yaml", 5:19, "runtime.worker_threads", "`worker_threads` must be at least 1");
 
+// Authorization.
+rule!(authorization_bad_principal, "authorization_bad_principal.yaml", 8:31, "listeners[0].authorization[0].allow.principals[0]", "principal \"order\" is not a SPIFFE ID");
+rule!(authorization_allow_and_deny, "authorization_allow_and_deny.yaml", 8:9, "listeners[0].authorization[0]", "either `allow` or `deny`, not both");
+
 #[test]
 fn keys_of_later_features_are_refused_each_at_its_key() {
     let got: Vec<(usize, usize, String)> = errors("not_supported_yet.yaml")
@@ -149,7 +153,6 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let want: Vec<(usize, usize, String)> = [
         (5, 1, "tls".to_string()),
         (15, 5, format!("{l}.tls")),
-        (16, 5, format!("{l}.authorization")),
         (18, 5, format!("{l}.jwt")),
         (19, 5, format!("{l}.rate_limit")),
         (27, 13, format!("{r}.jwt")),

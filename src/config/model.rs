@@ -157,7 +157,8 @@ pub struct Listener {
     /// Not supported yet.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// Not supported yet.
+    /// Who may call what: the first rule that matches decides; when rules
+    /// exist and none matches, the request is denied (403).
     #[serde(default)]
     pub authorization: Option<Vec<AuthorizationRule>>,
     /// Not supported yet.
@@ -577,19 +578,34 @@ pub struct ClusterTls {
     pub ca: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// One authorization rule: `allow` or `deny` (exactly one) and what it matches.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRule {
-    pub allow: AuthorizationAllow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<AuthorizationMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<AuthorizationMatch>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// What a rule matches; every condition given must hold, an absent one
+/// matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AuthorizationAllow {
-    #[serde(default)]
+pub struct AuthorizationMatch {
+    /// Verified peer identities (SPIFFE IDs): exact, a prefix ending in `*`,
+    /// or `*` for any verified identity. Never matches a plaintext peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<String>,
-    #[serde(default)]
+    /// Match peers without a verified identity (plaintext).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+    /// Request paths: exact, or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// HTTP methods (gRPC calls are POST).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

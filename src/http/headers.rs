@@ -108,6 +108,19 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// The verified identity of the downstream peer, as the app reads it.
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-skiff-peer-identity");
+
+/// Remove any `x-skiff-peer-identity` the client sent — it is never
+/// trusted — and set it to `peer`, the identity this connection's handshake
+/// verified, when there is one.
+pub fn set_peer_identity(headers: &mut HeaderMap, peer: Option<&crate::identity::Identity>) {
+    headers.remove(&PEER_IDENTITY);
+    if let Some(v) = peer.and_then(|p| HeaderValue::from_str(p.as_str()).ok()) {
+        headers.insert(PEER_IDENTITY, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +149,30 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["traceparent", "x-kept"]);
+    }
+
+    #[test]
+    fn the_peer_identity_is_only_ever_the_verified_one() {
+        let mut h = HeaderMap::new();
+        h.append(
+            PEER_IDENTITY,
+            HeaderValue::from_static("spiffe://forged/sa/admin"),
+        );
+        h.append(
+            PEER_IDENTITY,
+            HeaderValue::from_static("spiffe://forged/sa/root"),
+        );
+        set_peer_identity(&mut h, None);
+        assert!(h.get(PEER_IDENTITY).is_none(), "a client's copy is removed");
+        let id =
+            crate::identity::Identity::parse("spiffe://cluster.local/ns/shop/sa/order").unwrap();
+        h.append(
+            PEER_IDENTITY,
+            HeaderValue::from_static("spiffe://forged/sa/admin"),
+        );
+        set_peer_identity(&mut h, Some(&id));
+        let all: Vec<_> = h.get_all(PEER_IDENTITY).iter().collect();
+        assert_eq!(all, ["spiffe://cluster.local/ns/shop/sa/order"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::Serving;
 use crate::access_log::AccessLog;
+use crate::admission::authorization::Policy;
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
 use crate::identity::Identity;
@@ -56,4 +57,6 @@ pub struct ListenerState {
     /// `passthrough: true` on a transparent listener: unrouted requests go
     /// to their original destination.
     pub passthrough: Option<Passthrough>,
+    /// `authorization:` rules; `None`: every request is allowed.
+    pub authorization: Option<Policy>,
 }

@@ -36,6 +36,7 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
+    authz_denied: IntCounterVec,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -120,6 +121,11 @@ impl Metrics {
             "Requests refused by a circuit-breaker cap.",
             &["cluster"],
         )?;
+        let authz_denied = counter(
+            "skiff_authz_denied_total",
+            "Requests denied by the listener's authorization policy (403).",
+            &["listener"],
+        )?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -148,6 +154,7 @@ impl Metrics {
             retries_skipped,
             outlier_ejections,
             overflow,
+            authz_denied,
             reloads_success,
             reloads_failure,
         })
@@ -157,6 +164,7 @@ impl Metrics {
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[listener]),
+            authz_denied: self.authz_denied.with_label_values(&[listener]),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| {
@@ -217,6 +225,8 @@ impl Metrics {
 
 pub struct ListenerMetrics {
     pub connections_active: IntGauge,
+    /// `skiff_authz_denied_total`.
+    pub authz_denied: IntCounter,
     errors: Vec<(ErrorKind, IntCounter)>,
 }
 

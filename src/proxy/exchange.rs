@@ -17,8 +17,9 @@ use crate::http::body::{
     Expiry, IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
+use crate::identity::Identity;
 use crate::listener::activity::RequestGuard;
-use crate::listener::state::{ListenerState, Target};
+use crate::listener::state::{ConnInfo, ListenerState, Target};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
@@ -52,6 +53,7 @@ pub(super) struct Exchange {
 /// What the access log needs beyond the metrics; only kept when it is on.
 struct LogFields {
     version: Version,
+    peer: Option<Identity>,
     method: http::Method,
     path: String,
     request_id: HeaderValue,
@@ -60,10 +62,11 @@ struct LogFields {
 impl Exchange {
     pub(super) fn new<B>(
         state: Arc<ListenerState>,
-        client: SocketAddr,
+        conn: &ConnInfo,
         busy: RequestGuard,
         req: &Request<B>,
     ) -> Self {
+        let client = conn.client;
         let authority = req
             .uri()
             .authority()
@@ -77,6 +80,7 @@ impl Exchange {
             .filter(|a| !a.is_empty());
         let log = state.access_log.is_some().then(|| LogFields {
             version: req.version(),
+            peer: conn.peer.clone(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             request_id: req
@@ -225,6 +229,7 @@ fn record(
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             listener: &ex.state.name,
             client: ex.client.to_string(),
+            peer: fields.peer.as_ref().map(Identity::as_str),
             protocol: version_str(fields.version),
             method: fields.method.as_str(),
             authority: ex.authority.as_deref().unwrap_or(""),

@@ -4,7 +4,7 @@
 //!    cannot be proxied (CONNECT, a head too large)
 //! 2. route it: virtual host, then the first matching route, and the cluster
 //!    (weighted clusters draw one)
-//! 3. admission (coming: authentication, authorization, rate limit)
+//! 3. admission (`crate::admission`): authentication, authorization, rate limit
 //! 4. set the deadline: route `timeout`, capped by the client's `grpc-timeout`
 //! 5. call the cluster (`call.rs`): each try (`attempt.rs`) to an endpoint
 //!    the balancer picks, hop-by-hop headers removed and `grpc-timeout` set
@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, Version};
 
+use crate::admission;
 use crate::cluster::Endpoint;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{ObservedBody, ProxyBody};
@@ -44,9 +45,11 @@ pub async fn handle(
     busy: RequestGuard,
     mut req: Request<ProxyBody>,
 ) -> Response<ObservedBody> {
-    // 1. Name the request; refuse what cannot be proxied.
+    // 1. Name the request; refuse what cannot be proxied. The peer's
+    // identity reaches the app only as this connection's handshake verified it.
     headers::ensure_request_id(req.headers_mut());
-    let mut ex = Exchange::new(state.clone(), conn.client, busy, &req);
+    headers::set_peer_identity(req.headers_mut(), conn.peer.as_ref());
+    let mut ex = Exchange::new(state.clone(), &conn, busy, &req);
     if let Err(e) = check_head(&req, state.max_header_bytes) {
         return ex.fail(e);
     }
@@ -67,10 +70,10 @@ pub async fn handle(
     ex.target = Some(routed.target.clone());
     let cluster = routed.target.cluster.clone();
 
-    // 3. Admission: what decides whether this request may go on —
-    // authentication, then authorization, then the rate limit — comes here,
-    // after routing (a route may set its own rules) and before the cluster
-    // sees anything.
+    // 3. Admission: authentication, authorization, rate limit.
+    if let Err(e) = admission::check(&state, &conn, &req) {
+        return ex.fail(e);
+    }
 
     // 4. Deadline: the route timeout, capped by the client's grpc-timeout.
     let client_timeout = req

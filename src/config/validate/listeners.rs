@@ -25,6 +25,7 @@ impl Rules<'_> {
                 "listeners",
             );
             self.limits(l, &base);
+            self.authorization(l, &base);
             self.virtual_hosts(d, l, &base);
         }
     }

@@ -14,6 +14,7 @@
 //! (endpoints, DNS discovery, balancing) and [`resilience`].
 
 mod addresses;
+mod authorization;
 mod clusters;
 mod listeners;
 mod resilience;
@@ -51,12 +52,6 @@ const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
         what: "listener `tls`",
         used: |l| l.tls.is_some(),
         hint: "remove it; the listener serves plaintext",
-    },
-    NotYet {
-        key: "authorization",
-        what: "`authorization`",
-        used: |l| l.authorization.is_some(),
-        hint: "remove it; every request is allowed",
     },
     NotYet {
         key: "jwt",
