@@ -41,8 +41,14 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// `ip:port` of the admin server, e.g. `127.0.0.1:15000`.
+    /// `ip:port` of the admin server, e.g. `127.0.0.1:15000`. Loopback
+    /// unless `allow_remote` is set.
     pub address: String,
+    /// Let the admin server bind an address other than loopback (kubelet
+    /// probes and Prometheus from outside the pod). Anyone who reaches it can
+    /// drain or stop the proxy and read its config. Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
