@@ -134,6 +134,9 @@ rule!(panic_threshold, "panic_threshold.yaml", 16:22, "clusters[0].panic_thresho
 rule!(max_header_bytes, "max_header_bytes.yaml", 8:25, "listeners[0].limits.max_header_bytes", "`max_header_bytes` must be at least 1024");
 rule!(window_out_of_bounds, "window_out_of_bounds.yaml", 7:38, "listeners[0].limits.initial_stream_window", "must be from 65535 to 2147483647 bytes");
 rule!(zero_streams, "zero_streams.yaml", 8:31, "listeners[0].limits.max_concurrent_streams", "`max_concurrent_streams` must be at least 1");
+rule!(zero_control_frames, "zero_control_frames.yaml", 8:38, "listeners[0].limits.max_control_frames_per_stream", "`max_control_frames_per_stream` must be at least 1");
+rule!(zero_control_frames_per_data, "zero_control_frames_per_data.yaml", 8:42, "listeners[0].limits.max_control_frames_per_data_frame", "`max_control_frames_per_data_frame` must be at least 1");
+rule!(zero_write_stall, "zero_write_stall.yaml", 8:28, "listeners[0].limits.write_stall_timeout", "`write_stall_timeout` must be greater than 0");
 rule!(empty_access_log_path, "empty_access_log_path.yaml", 5:9, "access_log.path", "`path` cannot be empty");
 rule!(zero_worker_threads, "zero_worker_threads.yaml", 5:19, "runtime.worker_threads", "`worker_threads` must be at least 1");
 

@@ -209,6 +209,19 @@ pub struct ListenerLimits {
     /// HTTP/2 keep-alive PING interval toward clients. Default 30s.
     #[serde(default = "default_keepalive_interval")]
     pub keepalive_interval: Dur,
+    /// HTTP/2 control frames (WINDOW_UPDATE, PING, SETTINGS, PRIORITY,
+    /// RST_STREAM, ...) a client may send per stream it opens, and once for
+    /// the connection; past the cap it gets GOAWAY ENHANCE_YOUR_CALM. Default 100.
+    #[serde(default = "default_max_control_frames_per_stream")]
+    pub max_control_frames_per_stream: u32,
+    /// HTTP/2 control frames a client may send per DATA frame (with a
+    /// payload) sent either way. Default 10.
+    #[serde(default = "default_max_control_frames_per_data_frame")]
+    pub max_control_frames_per_data_frame: u32,
+    /// An HTTP/2 client connection whose writes make no progress for this
+    /// long (the client does not read) is closed. Default 30s.
+    #[serde(default = "default_write_stall_timeout")]
+    pub write_stall_timeout: Dur,
 }
 
 impl Default for ListenerLimits {
@@ -223,6 +236,9 @@ impl Default for ListenerLimits {
             detect_timeout: default_detect_timeout(),
             connection_idle_timeout: default_connection_idle_timeout(),
             keepalive_interval: default_keepalive_interval(),
+            max_control_frames_per_stream: default_max_control_frames_per_stream(),
+            max_control_frames_per_data_frame: default_max_control_frames_per_data_frame(),
+            write_stall_timeout: default_write_stall_timeout(),
         }
     }
 }
@@ -625,6 +641,15 @@ fn default_stream_idle_timeout() -> Dur {
     Dur::from_secs(300)
 }
 fn default_keepalive_interval() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_max_control_frames_per_stream() -> u32 {
+    100
+}
+fn default_max_control_frames_per_data_frame() -> u32 {
+    10
+}
+fn default_write_stall_timeout() -> Dur {
     Dur::from_secs(30)
 }
 fn default_ewma_decay() -> Dur {
