@@ -4,7 +4,8 @@
 //! h2 answers every PING and SETTINGS and applies every WINDOW_UPDATE,
 //! PRIORITY and RST_STREAM a client sends, without limit: a client can keep
 //! a core busy with frames that cost it nothing. [`Guard`] sits between h2
-//! and the socket and reads the 9-byte head of every frame that passes, in
+//! and the connection's write buffer (`coalesce`, then the socket) and
+//! reads the 9-byte head of every frame that passes, in
 //! both directions (frames split across reads are followed). It counts the
 //! client's control frames — WINDOW_UPDATE, PING, SETTINGS, PRIORITY,
 //! RST_STREAM, GOAWAY, frames of unknown types, and empty DATA frames that
@@ -27,8 +28,9 @@
 //! long-lived idle connection's), at most one RST_STREAM per stream.
 //!
 //! The same guard bounds a peer that does not read: a write, flush or
-//! shutdown that stays blocked on the socket for `write_stall_timeout` fails
-//! with `TimedOut`, which ends the connection. After a flood the connection
+//! shutdown of h2's that stays blocked for `write_stall_timeout` (the write
+//! buffer full because the socket is) fails with `TimedOut`, which ends the
+//! connection. After a flood the connection
 //! gets [`CALM_FLUSH`] at most to hand its GOAWAY to the socket.
 
 use std::future::Future;
