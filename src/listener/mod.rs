@@ -15,6 +15,7 @@
 
 pub mod activity;
 pub mod detect;
+pub mod flood;
 pub mod h2;
 pub mod original_dst;
 pub mod state;
@@ -82,6 +83,11 @@ pub fn h2_settings(limits: &ListenerLimits) -> h2::Settings {
         max_header_list_size: hyper_head_limit(limits.max_header_bytes),
         keepalive_interval: limits.keepalive_interval.get(),
         handshake_timeout: limits.header_read_timeout.get(),
+        flood: flood::Limits {
+            per_stream: limits.max_control_frames_per_stream,
+            per_data_frame: limits.max_control_frames_per_data_frame,
+            write_stall_timeout: limits.write_stall_timeout.get(),
+        },
     }
 }
 

@@ -19,12 +19,14 @@ pub mod eventually;
 pub mod faults;
 pub mod flaky;
 pub mod grpc_backend;
+pub mod hostile;
 pub mod http_backend;
 pub mod http_client;
 pub mod netns;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod raw_h2;
 pub mod replica;
 pub mod scratch;
 
