@@ -460,7 +460,6 @@ async fn log_line(log: &std::path::Path, id: &str) -> anyhow::Result<serde_json:
 /// `DPE`; a reset upload is logged as the client's (`DPE` or `DC`); no
 /// endpoint is ejected (`/clusters`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 1: an HTTP/2 request body past its content-length is logged DC (the client went away), not DPE (the client's protocol error)"]
 async fn h2_body_errors_are_the_clients() -> anyhow::Result<()> {
     let a = HttpBackend::start().await?;
     let b = HttpBackend::start().await?;
@@ -545,12 +544,12 @@ clusters:
 }
 
 /// Item 3, HTTP/2: eight clients ask for 8 MB each with a zero stream
-/// window and never open it, through skiff's one HTTP/2 connection to the
-/// upstream (4 MiB connection window, 1 MiB per stream: four stalled
-/// streams hold it all). Bound: an honest client on its own connection
+/// window and never open it, through skiff's HTTP/2 connection to the
+/// upstream (with the 4 MiB connection window and 1 MiB streams it once
+/// had, four stalled streams held it all; now a connection carries no more
+/// streams than its window can give a full stream window each). Bound: an honest client on its own connection
 /// keeps at least 80% of its baseline answers over a 3 s window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 3: stalled HTTP/2 readers hold the shared upstream connection window and stop everyone else"]
 async fn h2_slow_readers_do_not_starve_an_honest_client() -> anyhow::Result<()> {
     const WINDOW: Duration = Duration::from_secs(3);
     let skiff = Skiff::start(Proto::H2, &[]).await?;

@@ -162,7 +162,6 @@ fn chunked_post(id: &str, body: &str) -> Vec<u8> {
 /// Item 1: a malformed chunked request body. Bound: 400 with
 /// `x-skiff-error: bad_request` (never 502) and the access-log flag `DPE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 1: a malformed chunked request body gets 502 upstream_reset, not 400 bad_request"]
 async fn a_malformed_chunked_body_is_400_not_502() -> anyhow::Result<()> {
     let backend = HttpBackend::start().await?;
     let dir = ScratchDir::new("hostile-h1-log")?;
@@ -205,7 +204,6 @@ async fn a_malformed_chunked_body_is_400_not_502() -> anyhow::Result<()> {
 /// with `outlier_detection: { consecutive_failures: 3 }`. Bound: no
 /// endpoint is ejected (`/clusters`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 1: a client's malformed chunked bodies count as endpoint failures and eject a healthy endpoint"]
 async fn malformed_bodies_eject_no_endpoint() -> anyhow::Result<()> {
     let a = HttpBackend::start().await?;
     let b = HttpBackend::start().await?;
@@ -252,7 +250,6 @@ clusters:
 /// Item 2: heads that two parsers could read two ways. Bound: each is
 /// answered 400 and none reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 2: two Host headers, a Host disagreeing with an absolute-form target, and Content-Length beside Transfer-Encoding are forwarded"]
 async fn ambiguous_heads_are_400() -> anyhow::Result<()> {
     let backend = HttpBackend::start().await?;
     let proxy = ProxyConfig::new("http1", backend.addr()).start().await?;
@@ -265,11 +262,34 @@ async fn ambiguous_heads_are_400() -> anyhow::Result<()> {
             "a Host that disagrees with the absolute-form target",
             b"GET http://a.example/ambiguous HTTP/1.1\r\nHost: b.example\r\n\r\n",
         ),
-        (
-            "Content-Length and Transfer-Encoding",
-            b"POST /ambiguous HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        ),
     ];
+    ambiguous(&backend, &proxy, cases).await
+}
+
+/// Item 2, the rest: Content-Length beside Transfer-Encoding. hyper's
+/// HTTP/1.1 server drops the Content-Length before the request reaches the
+/// proxy (and closes the connection after the response, as RFC 9112 §6.3
+/// asks), and the body is sent upstream in the proxy's own framing, so the
+/// two readings cannot reach the app; refusing it with 400, as Envoy does,
+/// needs a look at the raw head that hyper does not offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 13 item 2: Content-Length beside Transfer-Encoding is answered (CL dropped by hyper, connection closed), not refused with 400"]
+async fn length_beside_transfer_encoding_is_400() -> anyhow::Result<()> {
+    let backend = HttpBackend::start().await?;
+    let proxy = ProxyConfig::new("http1", backend.addr()).start().await?;
+    let cases: &[(&str, &[u8])] = &[(
+        "Content-Length and Transfer-Encoding",
+        b"POST /ambiguous HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )];
+    ambiguous(&backend, &proxy, cases).await
+}
+
+/// Each head of `cases` gets 400 and none reaches `backend`.
+async fn ambiguous(
+    backend: &HttpBackend,
+    proxy: &support::Proxy,
+    cases: &[(&str, &[u8])],
+) -> anyhow::Result<()> {
     let mut wrong = Vec::new();
     for (what, bytes) in cases {
         let (status, got) = status_of(proxy.addr(), bytes).await?;
@@ -289,7 +309,6 @@ async fn ambiguous_heads_are_400() -> anyhow::Result<()> {
 /// through skiff's HTTP/2 connection to the upstream. Bound: an honest
 /// client keeps at least 80% of its baseline answers over a 3 s window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 3: HTTP/1.1 clients that do not read hold the shared upstream connection window and stop everyone else"]
 async fn h1_slow_readers_do_not_starve_an_honest_client() -> anyhow::Result<()> {
     const WINDOW: Duration = Duration::from_secs(3);
     let skiff = Skiff::start(Proto::H2, &[]).await?;

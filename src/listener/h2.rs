@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::flood;
+use super::state::ClientFault;
 use crate::http::body::{BodyError, ObservedBody};
 use crate::http::pipe;
 
@@ -121,7 +122,10 @@ where
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        streams.push(respond_to(handle(req), respond));
+                        let fault = ClientFault::default();
+                        let mut req = req;
+                        req.extensions_mut().insert(fault.clone());
+                        streams.push(respond_to(handle(req), respond, fault));
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
@@ -180,7 +184,7 @@ impl Wake for Rerun {
 /// One stream: wait for the proxied response (dropping the work if the
 /// client resets the stream meanwhile), then send it. A panic in the
 /// proxying resets this stream and leaves the connection's others alone.
-async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>)
+async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>, fault: ClientFault)
 where
     F: Future<Output = Response<ObservedBody>>,
 {
@@ -189,7 +193,14 @@ where
         let mut handled = CatchUnwind(pin!(handled));
         poll_fn(|cx| match Pin::new(&mut handled).poll(cx) {
             Poll::Ready(Ok(resp)) => Poll::Ready(Some(resp)),
-            Poll::Pending => respond.poll_reset(cx).map(|_| None),
+            Poll::Pending => respond.poll_reset(cx).map(|reason| {
+                // h2 resets a stream PROTOCOL_ERROR for the client's own
+                // violation (DATA past its content-length, say).
+                if matches!(reason, Ok(Reason::PROTOCOL_ERROR)) {
+                    fault.set();
+                }
+                None
+            }),
             Poll::Ready(Err(())) => {
                 tracing::error!("a request's handling panicked; resetting its stream");
                 respond.send_reset(Reason::INTERNAL_ERROR);

@@ -38,6 +38,24 @@ pub struct ConnInfo {
     pub peer: Option<Identity>,
 }
 
+/// Set by the downstream HTTP/2 server when it resets a request's stream
+/// for the client's protocol error (RST_STREAM PROTOCOL_ERROR: DATA past the
+/// content-length, say), so the request is recorded as the client's fault
+/// (`DPE`), not as a client that went away (`DC`). Carried in the request's
+/// extensions.
+#[derive(Clone, Debug, Default)]
+pub struct ClientFault(Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientFault {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Everything one listener's requests need, shared by its connections.
 /// A config reload swaps in a new one; requests in flight keep theirs.
 pub struct ListenerState {

@@ -12,14 +12,14 @@ use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::cluster::InFlight;
-use crate::error::{self, ProxyError};
+use crate::error::{self, ErrorKind, ProxyError};
 use crate::http::body::{
     Expiry, IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
 use crate::identity::Identity;
 use crate::listener::activity::RequestGuard;
-use crate::listener::state::{ConnInfo, ListenerState, Target};
+use crate::listener::state::{ClientFault, ConnInfo, ListenerState, Target};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
@@ -48,6 +48,9 @@ pub(super) struct Exchange {
     handed_over: bool,
     /// Keeps the downstream connection counted busy until the stream ends.
     _busy: RequestGuard,
+    /// Set when the downstream server reset the stream for the client's
+    /// protocol error.
+    fault: Option<ClientFault>,
 }
 
 /// What the access log needs beyond the metrics; only kept when it is on.
@@ -106,6 +109,7 @@ impl Exchange {
             log,
             handed_over: false,
             _busy: busy,
+            fault: req.extensions().get::<ClientFault>().cloned(),
         }
     }
 
@@ -180,7 +184,14 @@ impl Drop for Exchange {
                 bytes_out: 0,
                 grpc_status: None,
             };
-            record(self, 0, None, None, end);
+            // The server reset the stream for the client's protocol error:
+            // the client's fault, not a client that left.
+            let fault = self.fault.as_ref().is_some_and(ClientFault::is_set);
+            let flag = fault.then(|| {
+                self.state.metrics.proxy_error(ErrorKind::BadRequest);
+                ErrorKind::BadRequest.flag()
+            });
+            record(self, 0, None, flag, end);
         }
     }
 }

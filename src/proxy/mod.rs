@@ -136,6 +136,10 @@ fn check_head(req: &Request<ProxyBody>, max_header_bytes: usize) -> Result<(), P
             "CONNECT is not supported",
         ));
     }
+    if let Some(bad) = headers::bad_request_head(req.uri(), req.headers()) {
+        // Two parsers could read this head two ways (request smuggling).
+        return Err(ProxyError::new(ErrorKind::BadRequest, bad.to_string()));
+    }
     if head_size(req) > max_header_bytes {
         let what = format!("request headers exceed {max_header_bytes} bytes");
         return Err(ProxyError::new(ErrorKind::HeadersTooLarge, what));
