@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -267,6 +268,11 @@ impl Proc {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} ({})", self.name, self.program.display()))?;
+        // Noted, so a test can check that nothing is left running.
+        if let Some(dir) = self.log.parent().and_then(Path::parent) {
+            let mut pids = append(&dir.join("pids"))?;
+            writeln!(pids, "{} {}", self.name, child.id())?;
+        }
         self.child = Some(child);
         Ok(())
     }
@@ -702,12 +708,13 @@ async fn start(args: &Args) -> anyhow::Result<Shop> {
     Ok(shop)
 }
 
-/// What `--chaos` does, and when: at a share of `--requests`, or (without
-/// it) after so many orders.
-const CHAOS: &[(f64, u64, Chaos)] = &[
-    (0.2, 100, Chaos::KillInventory),
-    (0.3, 150, Chaos::FlakyPayment),
-    (0.55, 250, Chaos::ReviveInventory),
+/// What `--chaos` does, and when: at a share of `--requests` (or, without
+/// it, after so many orders), and no sooner than so long after the step
+/// before, so that the shop runs a while with the replica down.
+const CHAOS: &[(f64, u64, Duration, Chaos)] = &[
+    (0.2, 100, Duration::ZERO, Chaos::KillInventory),
+    (0.3, 150, Duration::ZERO, Chaos::FlakyPayment),
+    (0.55, 250, Duration::from_secs(1), Chaos::ReviveInventory),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -779,15 +786,15 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
     ));
     let progress = tokio::spawn(driver::progress(stats.clone(), args.requests, stop_rx));
 
-    let mut chaos_left: Vec<(u64, Chaos)> = if args.chaos {
+    let mut chaos_left: Vec<(u64, Duration, Chaos)> = if args.chaos {
         CHAOS
             .iter()
-            .map(|&(share, count, what)| {
+            .map(|&(share, count, gap, what)| {
                 let at = match args.requests {
                     Some(n) => ((n as f64) * share) as u64,
                     None => count,
                 };
-                (at, what)
+                (at, gap, what)
             })
             .collect()
     } else {
@@ -797,6 +804,7 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
     tokio::pin!(ctrl_c);
     let mut drive = drive;
     let mut driven = None;
+    let mut last_chaos = Instant::now();
     loop {
         tokio::select! {
             _ = &mut ctrl_c => break,
@@ -807,14 +815,21 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
         let done = stats.done();
-        while let Some(&(at, what)) = chaos_left.first() {
-            if done < at {
+        while let Some(&(at, gap, what)) = chaos_left.first() {
+            if done < at || last_chaos.elapsed() < gap {
                 break;
             }
             chaos_left.remove(0);
             let note = do_chaos(&mut shop, what)?;
             stats.note_chaos(note);
+            last_chaos = Instant::now();
         }
+    }
+    // Steps not reached while orders flowed (a short run) are done now, so
+    // that the shop ends whole.
+    for (_, _, what) in chaos_left {
+        let note = do_chaos(&mut shop, what)?;
+        stats.note_chaos(format!("{note} (after the last order)"));
     }
     stop_tx.send_replace(true);
     if driven.is_none() {

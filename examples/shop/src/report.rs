@@ -202,7 +202,7 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8}  {:<24} served by replica (ok%)",
+        "{:<10} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8}  {:<34} served by replica (ok%)",
         "service", "calls", "ok", "p50", "p99", "tries", "retry", "ejected", "skiff errors"
     );
     for svc in Svc::ALL {
@@ -230,9 +230,20 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
             retries += m.sum(&p, "skiff_retries_total", &[("cluster", name)]);
             ejected += m.sum(&p, "skiff_outlier_ejections_total", &[("cluster", name)]);
             latencies.push((vec![proxy], listener));
-            // The errors a Skiff made itself, on the calls to this service.
+        }
+        // The errors a Skiff made itself (refused connection, timeout, no
+        // healthy replica...), counted per listener: by the service's own
+        // sidecars, and for order also by the gateway, whose listener takes
+        // only order's calls and the catalog's few.
+        let mut sources: Vec<(String, &str)> =
+            layout.of(svc).map(|r| (r.name(), "inbound")).collect();
+        if svc == Svc::Order {
+            sources.push(("gateway".into(), "gateway"));
+        }
+        for (proxy, listener) in &sources {
+            let p = [proxy.as_str()];
             for s in m.samples(&p, "skiff_proxy_errors_total", &[("listener", listener)]) {
-                if s.value > 0.0 && svc_of_listener_errors(svc, listener) {
+                if s.value > 0.0 {
                     if let Some(kind) = s.labels.get("kind") {
                         *errors.entry(kind.clone()).or_default() += s.value;
                     }
@@ -284,7 +295,7 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:>6.0} {:>7} {:>7} {:>7} {:>6.0} {:>6.0} {:>8.0}  {:<24} {}",
+            "{:<10} {:>6.0} {:>7} {:>7} {:>7} {:>6.0} {:>6.0} {:>8.0}  {:<34} {}",
             name,
             calls,
             pct(ok, calls),
@@ -298,18 +309,6 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
         );
     }
     out
-}
-
-/// A Skiff's `skiff_proxy_errors_total` is per listener, not per cluster:
-/// on an order sidecar's outbound listener it covers catalog, inventory
-/// and payment together. It is shown on the gateway's row for order, and
-/// on inventory's row for the order sidecars (the outbound listener's
-/// errors are nearly all there under chaos).
-fn svc_of_listener_errors(svc: Svc, listener: &str) -> bool {
-    matches!(
-        (svc, listener),
-        (Svc::Order, "gateway") | (Svc::Inventory, "outbound")
-    )
 }
 
 fn pct(part: f64, all: f64) -> String {
