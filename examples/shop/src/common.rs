@@ -208,19 +208,25 @@ where
     Ok(())
 }
 
-/// A channel to the service named `service` (`catalog`, `inventory`, ...)
-/// through the sidecar's outbound listener `via` (such as
-/// `127.0.0.1:15101`): the connection goes to the sidecar and `service`
-/// travels in `:authority`, which is what the sidecar routes by. Where the
-/// replicas of `service` are is the sidecar's business. The connection is
-/// made at the first call, so the sidecar need not be up yet.
-pub fn dial(service: &str, via: &str) -> anyhow::Result<Channel> {
+/// A channel to the service `service` (`catalog`, `inventory`, ...).
+///
+/// With `via`, its sidecar's outbound listener (such as `127.0.0.1:15101`),
+/// the connection goes to the sidecar and `service` travels in
+/// `:authority`, which is what the sidecar routes by: where the replicas
+/// of `service` are is the sidecar's business. Without (`--outbound none`,
+/// as in deploy/ where iptables brings every connection to Skiff),
+/// `service` is dialled as it is, such as `catalog:50051`. The connection
+/// is made at the first call, so the sidecar need not be up yet.
+pub fn dial(service: &str, via: Option<&str>) -> anyhow::Result<Channel> {
     let origin = format!("http://{service}");
-    let endpoint = Endpoint::from_shared(format!("http://{via}"))?.origin(
-        origin
-            .parse()
-            .with_context(|| format!("{service:?} is not a host name"))?,
-    );
+    let endpoint = match via {
+        Some(proxy) => Endpoint::from_shared(format!("http://{proxy}"))?.origin(
+            origin
+                .parse()
+                .with_context(|| format!("{service:?} is not a host name"))?,
+        ),
+        None => Endpoint::from_shared(origin)?,
+    };
     Ok(endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)

@@ -195,8 +195,8 @@ pub async fn drive(
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
     let via = edge.to_string();
-    let catalog = CatalogClient::new(common::dial("catalog", &via)?);
-    let orders = OrderClient::new(common::dial("order", &via)?);
+    let catalog = CatalogClient::new(common::dial("catalog", Some(&via))?);
+    let orders = OrderClient::new(common::dial("order", Some(&via))?);
     let products = Arc::new(list_products(catalog).await?);
     let run: String = std::iter::repeat_with(fastrand::lowercase)
         .take(4)

@@ -36,9 +36,19 @@ pub struct Args {
     #[arg(long, env = "ADDR", default_value = "127.0.0.1:50151")]
     pub addr: String,
     /// Its sidecar's outbound listener: every call to catalog, inventory
-    /// and payment goes there, by service name.
-    #[arg(long, env = "OUTBOUND_ADDR", default_value = "127.0.0.1:15101")]
+    /// and payment goes there, by service name. `none`: dial the names
+    /// below as they are (iptables brings the connections to the sidecar).
+    #[arg(long, env = "OUTBOUND_ADDR", default_value = "127.0.0.1:15111")]
     pub outbound: String,
+    /// The catalog, by the name its sidecar routes.
+    #[arg(long, env = "CATALOG_ADDR", default_value = "catalog")]
+    pub catalog: String,
+    /// The inventory, likewise.
+    #[arg(long, env = "INVENTORY_ADDR", default_value = "inventory")]
+    pub inventory: String,
+    /// The payment service, likewise.
+    #[arg(long, env = "PAYMENT_ADDR", default_value = "payment")]
+    pub payment: String,
     /// The orders database, shared by every replica; made if new.
     #[arg(long, env = "ORDER_DB", default_value = "order.db")]
     pub db: String,
@@ -188,20 +198,21 @@ pub struct Order {
 }
 
 impl Order {
-    /// `outbound` is its sidecar's outbound listener.
-    pub fn new(outbound: &str, db: Connection, step: Duration) -> anyhow::Result<Order> {
+    /// The dependencies as `args` names them.
+    pub fn new(args: &Args, db: Connection) -> anyhow::Result<Order> {
+        let via = (args.outbound != "none").then_some(args.outbound.as_str());
         Ok(Order {
             inner: Arc::new(Inner {
-                catalog: CatalogClient::new(common::dial("catalog", outbound)?),
-                inventory: InventoryClient::new(common::dial("inventory", outbound)?),
-                payment: PaymentClient::new(common::dial("payment", outbound)?),
+                catalog: CatalogClient::new(common::dial(&args.catalog, via)?),
+                inventory: InventoryClient::new(common::dial(&args.inventory, via)?),
+                payment: PaymentClient::new(common::dial(&args.payment, via)?),
                 db: Db::new(db),
                 id_prefix: std::iter::repeat_with(fastrand::lowercase)
                     .take(4)
                     .collect(),
                 next_id: std::sync::atomic::AtomicU64::new(1),
             }),
-            step,
+            step: args.step,
         })
     }
 }
@@ -593,7 +604,7 @@ impl crate::pb::order_server::Order for Order {
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let db = open(&args.db)?;
-    let order = Order::new(&args.outbound, db, args.step)?;
+    let order = Order::new(&args, db)?;
     let listener = common::listen(&args.addr).await?;
     let (health, serving) = Health::new("shop.Order");
     common::log(format_args!(
