@@ -186,11 +186,13 @@ async fn watch(
 }
 
 /// Place orders through the gateway at `edge`: `requests` of them (or until
-/// `stop`), `concurrency` at a time. Returns once every order has ended.
+/// `stop`), `concurrency` at a time, `rate` a second at most (0: no limit).
+/// Returns once every order has ended.
 pub async fn drive(
     edge: SocketAddr,
     requests: Option<u64>,
     concurrency: usize,
+    rate: f64,
     stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
@@ -203,7 +205,10 @@ pub async fn drive(
         .collect();
     let next = Arc::new(AtomicU64::new(0));
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _ = stats.started.set(Instant::now());
+    let start = Instant::now();
+    let _ = stats.started.set(start);
+    // Order i starts no sooner than i/rate after the first.
+    let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (orders, products, stats, next, stop, run, watching) = (
@@ -224,6 +229,14 @@ pub async fn drive(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if requests.is_some_and(|n| i >= n) {
                     break;
+                }
+                if let Some(pace) = pace {
+                    let at = start + pace.mul_f64(i as f64);
+                    let mut stop = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
                 }
                 let shopper = Shopper {
                     name: format!("shopper-{}", i % 25),

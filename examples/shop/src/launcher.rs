@@ -41,6 +41,9 @@ pub struct Args {
     /// Orders in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Orders started per second, at most (0: as fast as the shoppers go).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
     /// While orders flow: SIGKILL one inventory replica and bring it back,
     /// and make one payment replica slow and flaky.
     #[arg(long)]
@@ -478,7 +481,15 @@ fn find_skiff(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let beside = dir.join("skiff");
     if let Ok(cargo) = std::env::var("CARGO") {
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--package", "skiff", "--bin", "skiff"]);
+        cmd.args([
+            "build",
+            "--package",
+            "skiff",
+            "--bin",
+            "skiff",
+            "--manifest-path",
+        ])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"));
         match dir.file_name().and_then(|n| n.to_str()) {
             Some("release") => {
                 cmd.arg("--release");
@@ -489,7 +500,9 @@ fn find_skiff(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             }
             None => {}
         }
-        common::log(format_args!("shop: building skiff ({cmd:?})"));
+        common::log(format_args!(
+            "shop: building skiff, the proxy (a few minutes the first time): {cmd:?}"
+        ));
         let status = cmd.status().context("running cargo build")?;
         if !status.success() {
             bail!("cargo build of skiff failed ({status})");
@@ -781,6 +794,7 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
         shop.layout.gateway_edge,
         args.requests,
         args.concurrency.max(1),
+        args.rate,
         stop_rx.clone(),
         stats.clone(),
     ));
