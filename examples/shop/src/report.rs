@@ -661,7 +661,7 @@ pub fn summary(stats: &Stats, m: &Metrics, c: &Consistency, layout: &Layout) -> 
         out,
         "   tries = tries sent to replicas; retry = tries after the first; ejected = replicas \
          taken out by outlier detection;\n   served = calls each replica's own Skiff took in \
-         (health checks included)"
+         (health checks included); order's p99 includes the WatchOrder stream"
     );
 
     let _ = writeln!(out, "\n== consistency (order.db, inventory.db, payment.db)");
