@@ -49,6 +49,7 @@ pub struct Stats {
     pub got: AtomicU64,
     pub got_wrong: Mutex<Vec<String>>,
     pub started: OnceLock<Instant>,
+    /// When the last order ended (a watch may go on after it).
     pub elapsed: Mutex<Option<Duration>>,
 }
 
@@ -70,6 +71,12 @@ impl Stats {
     }
 
     fn record(&self, outcome: Outcome) {
+        if let Ok(mut e) = self.elapsed.lock() {
+            let now = self.since_start();
+            if e.is_none_or(|e| e < now) {
+                *e = Some(now);
+            }
+        }
         match outcome.result {
             Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
@@ -284,9 +291,6 @@ pub async fn drive(
     }
     for w in workers {
         let _ = w.await;
-    }
-    if let Ok(mut e) = stats.elapsed.lock() {
-        *e = Some(stats.since_start());
     }
     Ok(())
 }

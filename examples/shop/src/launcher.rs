@@ -735,6 +735,11 @@ enum Chaos {
     KillInventory,
     FlakyPayment,
     ReviveInventory,
+    // Coming with the gateway's admission (src/admission/): a client that
+    // floods the gateway past its `rate_limit` (429s) and one that sends no
+    // token (401s), each a task beside the driver started here and stopped
+    // at the end; the summary then shows their counts from the gateway's
+    // `skiff_proxy_errors_total{kind="rate_limited"|"unauthenticated"}`.
 }
 
 /// The flags the flaky payment replica restarts with.

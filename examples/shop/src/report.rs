@@ -198,6 +198,12 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 /// The table of what the Skiffs saw, one row per service.
+///
+/// Coming with mTLS and the gateway's admission: columns for the calls the
+/// gateway refused (`skiff_proxy_errors_total{kind="rate_limited"}` as
+/// 429s, `{kind="unauthenticated"}` as 401s), the calls an inbound
+/// `authorization:` denied (`{kind="forbidden"}`), and the mTLS handshakes
+/// each sidecar made, from the metrics src/tls/ adds.
 fn metrics_table(m: &Metrics, layout: &Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
