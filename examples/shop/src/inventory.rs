@@ -294,13 +294,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn db() -> Connection {
+    /// A fresh database file, removed (with its -wal and -shm) on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            for ext in ["", "-wal", "-shm"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(ext);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn db() -> (Connection, Scratch) {
         let path = std::env::temp_dir().join(format!(
             "shop-inventory-test-{}-{}.db",
             std::process::id(),
             fastrand::u64(..)
         ));
-        open(path.to_str().unwrap()).unwrap()
+        (open(path.to_str().unwrap()).unwrap(), Scratch(path))
     }
 
     fn req(order: &str, sku: &str, quantity: u32) -> ReserveRequest {
@@ -320,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_retried_reserve_reserves_once() {
-        let mut db = db();
+        let (mut db, _scratch) = db();
         reserve(&mut db, &req("o1", "lamp", 2)).unwrap();
         reserve(&mut db, &req("o1", "lamp", 2)).unwrap();
         assert_eq!(left(&db, "lamp"), 1);
@@ -333,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_reserve_after_its_release_takes_nothing() {
-        let mut db = db();
+        let (mut db, _scratch) = db();
         assert!(!release(&mut db, "o1").unwrap());
         let err = reserve(&mut db, &req("o1", "book", 1)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);

@@ -257,13 +257,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn db() -> Connection {
+    /// A fresh database file, removed (with its -wal and -shm) on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            for ext in ["", "-wal", "-shm"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(ext);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn db() -> (Connection, Scratch) {
         let path = std::env::temp_dir().join(format!(
             "shop-payment-test-{}-{}.db",
             std::process::id(),
             fastrand::u64(..)
         ));
-        open(path.to_str().unwrap()).unwrap()
+        (open(path.to_str().unwrap()).unwrap(), Scratch(path))
     }
 
     fn req(order: &str, amount_cents: i64) -> ChargeRequest {
@@ -285,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_retried_charge_charges_once() {
-        let mut db = db();
+        let (mut db, _scratch) = db();
         let first = charge(&mut db, &req("o1", 500), false).unwrap();
         let again = charge(&mut db, &req("o1", 500), false).unwrap();
         assert_eq!(first.payment_id, again.payment_id);
@@ -297,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_charge_after_its_refund_charges_nothing() {
-        let mut db = db();
+        let (mut db, _scratch) = db();
         assert_eq!(refund(&mut db, "o1").unwrap(), 0);
         let err = charge(&mut db, &req("o1", 500), false).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
