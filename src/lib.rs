@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod file_watch;
 pub mod http;
 pub mod identity;
 pub mod iptables;
