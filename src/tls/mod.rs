@@ -24,11 +24,13 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub mod certs;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use certs::CertError;
+pub use verify::{HandshakeError, HandshakeFailure};
 
 /// ALPN id of HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
