@@ -4,8 +4,9 @@
 //!
 //! - [`certs`]: PEM certificates and keys read from files, and what X.509
 //!   says about them (SPIFFE ID, subject, validity).
-//! - [`verify`]: the mesh's verifiers, chain first and identity second, and
-//!   why a handshake failed ([`HandshakeFailure`]).
+//! - [`verify`]: the mesh's verifiers, chain first and identity second.
+//! - [`failure`]: why a handshake failed ([`HandshakeFailure`]), the label
+//!   of `skiff_tls_handshakes_total{result}`.
 //! - [`server`]: the mesh inbound `ServerConfig` and the accept helper.
 //! - [`terminate`]: the edge `ServerConfig`, a default certificate and more
 //!   chosen by SNI.
@@ -24,13 +25,14 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub mod certs;
+pub mod failure;
 pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use certs::CertError;
-pub use verify::{HandshakeError, HandshakeFailure};
+pub use failure::{HandshakeError, HandshakeFailure};
 
 /// ALPN id of HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
