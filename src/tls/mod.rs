@@ -25,7 +25,10 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub mod certs;
+pub mod client;
 pub mod failure;
+pub mod server;
+pub mod terminate;
 pub mod verify;
 
 #[cfg(test)]
