@@ -234,13 +234,14 @@ impl CredentialStore {
     ) {
         let paths = [&self.paths.cert, &self.paths.key, &self.paths.ca];
         let mut files = FileWatch::new(paths.map(|p| p.to_path_buf())).every(every);
-        // Files replaced between the load and the watch's first read.
+        // Files replaced between the load and the watch's first read (a
+        // file missing for a moment is no change, as for the watch).
         let now = paths.map(|p| std::fs::read(p).ok());
         let current = self.current();
         if now
             .iter()
             .zip(&current.sources)
-            .any(|(n, s)| n.as_ref() != Some(s))
+            .any(|(n, s)| n.as_ref().is_some_and(|n| n != s))
         {
             report(&self.reload());
         }

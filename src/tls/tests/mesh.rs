@@ -203,3 +203,14 @@ async fn plaintext_to_a_mesh_listener_is_told_apart() {
     assert_eq!(err.kind, HandshakeFailure::Plaintext, "{err}");
     client.await.unwrap();
 }
+
+#[test]
+fn a_client_hello_looks_like_tls() {
+    let m = mesh("hello");
+    let client = m.client(&[PAYMENT]);
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(client.config().clone(), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert_eq!(server::looks_like_tls(&hello), Some(true));
+}
