@@ -1,8 +1,8 @@
 //! Hot reload: the config file is re-read when it changes and on SIGHUP.
 //!
-//! The file is polled, not watched by inode: a Kubernetes ConfigMap volume
-//! replaces the file by swapping a `..data` symlink, which inode watches
-//! miss. Reading a few KB once a second costs nothing.
+//! The file is polled by content ([`crate::file_watch`]), not watched by
+//! inode: a Kubernetes ConfigMap volume replaces the file by swapping a
+//! `..data` symlink, which inode watches miss.
 //!
 //! A new config is validated and built next to the running one; new
 //! listener sockets are bound first, so a config that cannot be applied
@@ -12,21 +12,19 @@
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::snapshot::Snapshot;
 use super::{bind_listener, start_listener, Running};
 use crate::access_log::AccessLog;
 use crate::admin::AdminState;
 use crate::config;
+use crate::file_watch::FileWatch;
 use crate::metrics::Metrics;
-
-const POLL: Duration = Duration::from_secs(1);
 
 /// Says when to reload: the file's content changed, or SIGHUP came.
 pub struct Trigger {
     path: Option<PathBuf>,
-    last: Option<Vec<u8>>,
+    watch: FileWatch,
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -34,7 +32,7 @@ pub struct Trigger {
 impl Trigger {
     pub fn new(path: Option<&Path>) -> Self {
         Trigger {
-            last: path.and_then(|p| std::fs::read(p).ok()),
+            watch: FileWatch::new(path.map(Path::to_path_buf)),
             path: path.map(Path::to_path_buf),
             #[cfg(unix)]
             hangup: path.and_then(|_| {
@@ -46,33 +44,31 @@ impl Trigger {
     /// The path to reload from, when it is time; pending forever without a path.
     pub async fn next(&mut self) -> Option<PathBuf> {
         let path = self.path.clone()?;
-        loop {
-            #[cfg(unix)]
-            {
-                let hangup = async {
-                    match &mut self.hangup {
-                        Some(s) => s.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = hangup => {
-                        tracing::info!(config = %path.display(), "SIGHUP: reloading");
-                        self.last = std::fs::read(&path).ok();
-                        return Some(path);
-                    }
-                    _ = tokio::time::sleep(POLL) => {}
+        #[cfg(unix)]
+        {
+            let (signal, watch) = (&mut self.hangup, &mut self.watch);
+            let hangup = async {
+                match signal {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = hangup => {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading");
+                    watch.mark_seen();
+                }
+                _ = watch.changed() => {
+                    tracing::info!(config = %path.display(), "config file changed: reloading");
                 }
             }
-            #[cfg(not(unix))]
-            tokio::time::sleep(POLL).await;
-            let now = std::fs::read(&path).ok();
-            if now.is_some() && now != self.last {
-                tracing::info!(config = %path.display(), "config file changed: reloading");
-                self.last = now;
-                return Some(path);
-            }
         }
+        #[cfg(not(unix))]
+        {
+            self.watch.changed().await;
+            tracing::info!(config = %path.display(), "config file changed: reloading");
+        }
+        Some(path)
     }
 }
 

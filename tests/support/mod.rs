@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
+pub mod ca;
 pub mod dns;
 pub mod echo_pb;
 pub mod eventually;
