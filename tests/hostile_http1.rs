@@ -321,9 +321,19 @@ async fn h1_slow_readers_do_not_starve_an_honest_client() -> anyhow::Result<()> 
         attackers.push(tcp);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let during = skiff
-        .sampling(answers_in(skiff.addr, Proto::H1, "/", WINDOW))
-        .await;
+    // Other work on the machine only ever lowers a window's count, and a
+    // starved client gets next to nothing in every window: the best of up
+    // to three windows is the honest client's share.
+    let mut during = 0;
+    for _ in 0..3 {
+        let got = skiff
+            .sampling(answers_in(skiff.addr, Proto::H1, "/", WINDOW))
+            .await;
+        during = during.max(got);
+        if during * 5 >= baseline * 4 {
+            break;
+        }
+    }
     eprintln!("h1 slow readers: honest answers {during} in {WINDOW:?}, {baseline} before");
     skiff.assert_rss_bounded("h1 slow readers")?;
     ensure!(

@@ -176,6 +176,7 @@ fn listener_state(
             opaque_ports: l.opaque_ports.clone(),
             detect_timeout: l.limits.detect_timeout.get(),
             connection_idle_timeout: l.limits.connection_idle_timeout.get(),
+            max_connections: l.limits.max_connections,
             connect_timeout: std::time::Duration::from_secs(1),
         }),
         passthrough,

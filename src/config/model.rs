@@ -224,6 +224,11 @@ pub struct ListenerLimits {
     /// long (the client does not read) is closed. Default 30s.
     #[serde(default = "default_write_stall_timeout")]
     pub write_stall_timeout: Dur,
+    /// Open downstream connections at most. Past it, the connection idle
+    /// the longest is asked to finish to make room; when none is idle, the
+    /// new connection is closed at once. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ListenerLimits {
@@ -241,8 +246,13 @@ impl Default for ListenerLimits {
             max_control_frames_per_stream: default_max_control_frames_per_stream(),
             max_control_frames_per_data_frame: default_max_control_frames_per_data_frame(),
             write_stall_timeout: default_write_stall_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -30,6 +30,11 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
+    /// Whether no request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// How long no request has been in flight; zero while one is.
     pub fn idle_for(&self) -> Duration {
         if self.in_flight.load(Ordering::Acquire) > 0 {

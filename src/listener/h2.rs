@@ -62,6 +62,17 @@ pub enum ConnError {
     Flood(flood::Flood),
 }
 
+/// How a connection is asked to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// GOAWAY, then let the streams in flight finish (drain, idle timeout).
+    Graceful,
+    /// GOAWAY and close now: an idle connection asked to make room
+    /// (`limits.max_connections`); a request the client sends meanwhile
+    /// was not processed and may be retried elsewhere.
+    Now,
+}
+
 /// Serve HTTP/2 on `io` until the client closes, `shutdown` resolves and
 /// the streams in flight finish (GOAWAY first), or the connection fails.
 /// `handle` turns each request into its response. A client past its
@@ -72,7 +83,7 @@ pub async fn serve<T, H, F>(
     io: T,
     settings: &Settings,
     mut handle: H,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Shutdown>,
 ) -> Result<(), ConnError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -101,9 +112,14 @@ where
     let mut shutting_down = false;
     let mut calmed = false;
     let served = poll_fn(|cx| {
-        if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
-            shutting_down = true;
-            conn.graceful_shutdown();
+        if !shutting_down {
+            if let Poll::Ready(how) = shutdown.as_mut().poll(cx) {
+                shutting_down = true;
+                match how {
+                    Shutdown::Graceful => conn.graceful_shutdown(),
+                    Shutdown::Now => conn.abrupt_shutdown(Reason::NO_ERROR),
+                }
+            }
         }
         keepalive.poll(cx)?;
         rerun.task.register(cx.waker());

@@ -14,6 +14,7 @@
 //! and none of their fields is read or formatted.
 
 pub mod activity;
+pub mod admit;
 pub mod detect;
 pub mod flood;
 pub mod h2;
@@ -114,6 +115,8 @@ pub struct Serving {
     pub connect_timeout: Duration,
     /// Close a connection with no request in flight for this long.
     pub connection_idle_timeout: Duration,
+    /// Open connections at most (`limits.max_connections`).
+    pub max_connections: usize,
 }
 
 /// Accept and serve connections until `stop` turns true; then ask every
@@ -126,6 +129,7 @@ pub async fn serve(
     open: Arc<AtomicUsize>,
 ) {
     let local = listener.local_addr().ok();
+    let admission = Arc::new(admit::Admission::default());
     loop {
         let (stream, client) = tokio::select! {
             biased;
@@ -140,9 +144,16 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let current = state.load_full();
         let serving = current.serving.clone();
+        let Some(slot) = admission.admit(serving.max_connections) else {
+            // Every connection has a request in flight: no room.
+            current.metrics.connections_refused.inc();
+            tracing::debug!(%client, max = serving.max_connections, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         // A connection made straight to our port was not redirected: its
         // "original destination" is this listener itself, never a loop target.
         let orig_dst = if serving.transparent {
@@ -161,7 +172,7 @@ pub async fn serve(
         let task = async move {
             // Counted until the task ends, even by a panic.
             let _open = OpenConnection::new(open, current);
-            serve_connection(stream, conn, &serving, state, stop).await;
+            serve_connection(stream, conn, slot, &serving, state, stop).await;
         };
         tokio::spawn(task.instrument(span));
     }
@@ -191,6 +202,7 @@ impl Drop for OpenConnection {
 async fn serve_connection(
     mut stream: TcpStream,
     conn: Arc<ConnInfo>,
+    slot: admit::Slot,
     serving: &Serving,
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
@@ -242,16 +254,22 @@ async fn serve_connection(
         }
     };
     let stream = detect::Rewind::new(prefix, stream);
-    let activity = Activity::new();
-    // Finish gracefully when the listener drains or the connection idles.
+    let activity = slot.activity.clone();
+    // Finish gracefully when the listener drains, the connection idles, or
+    // it is asked to make room for a new one (`limits.max_connections`).
     let shutdown = {
         let activity = activity.clone();
         let idle_limit = serving.connection_idle_timeout;
         async move {
             tokio::select! {
-                _ = stop.changed() => {}
+                _ = stop.changed() => h2::Shutdown::Graceful,
                 _ = idle(&activity, idle_limit) => {
                     tracing::debug!("closing an idle connection");
+                    h2::Shutdown::Graceful
+                }
+                _ = slot.trimmed() => {
+                    tracing::debug!("closing an idle connection to make room (max_connections)");
+                    h2::Shutdown::Now
                 }
             }
         }
@@ -272,7 +290,7 @@ async fn serve_h2<S>(
     serving: &Serving,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = h2::Shutdown>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -302,7 +320,7 @@ async fn serve_http1<S>(
     serving: &Serving,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = h2::Shutdown>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {

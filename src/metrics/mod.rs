@@ -37,6 +37,7 @@ pub struct Metrics {
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
     authz_denied: IntCounterVec,
+    connections_refused: IntCounterVec,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -126,6 +127,11 @@ impl Metrics {
             "Requests denied by the listener's authorization policy (403).",
             &["listener"],
         )?;
+        let connections_refused = counter(
+            "skiff_connections_refused_total",
+            "Connections closed at once because limits.max_connections were open and none was idle.",
+            &["listener"],
+        )?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -155,6 +161,7 @@ impl Metrics {
             outlier_ejections,
             overflow,
             authz_denied,
+            connections_refused,
             reloads_success,
             reloads_failure,
         })
@@ -165,6 +172,7 @@ impl Metrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[listener]),
             authz_denied: self.authz_denied.with_label_values(&[listener]),
+            connections_refused: self.connections_refused.with_label_values(&[listener]),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| {
@@ -227,6 +235,8 @@ pub struct ListenerMetrics {
     pub connections_active: IntGauge,
     /// `skiff_authz_denied_total`.
     pub authz_denied: IntCounter,
+    /// `skiff_connections_refused_total`.
+    pub connections_refused: IntCounter,
     errors: Vec<(ErrorKind, IntCounter)>,
 }
 

@@ -37,6 +37,10 @@ impl Rules<'_> {
             let message = "`max_header_bytes` must be at least 1024: smaller heads cannot hold ordinary requests";
             self.value(&p("max_header_bytes"), message.into());
         }
+        if limits.max_connections == 0 {
+            let message = "`max_connections` must be at least 1: 0 would refuse every connection";
+            self.value(&p("max_connections"), message.into());
+        }
         if limits.max_concurrent_streams == 0 {
             let message =
                 "`max_concurrent_streams` must be at least 1: 0 would refuse every HTTP/2 request";
