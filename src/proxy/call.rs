@@ -270,12 +270,14 @@ mod tests {
         Hang,
     }
 
+    /// What one try showed: the endpoint, x-skiff-attempt-count, grpc-timeout.
+    type Seen = (SocketAddr, Option<String>, Option<String>);
+
     /// A scripted upstream: one step per try, and a record of every try.
     #[derive(Default)]
     struct Script {
         steps: Mutex<VecDeque<(Duration, Answer)>>,
-        /// Per try: the endpoint, x-skiff-attempt-count, grpc-timeout.
-        seen: Mutex<Vec<(SocketAddr, Option<String>, Option<String>)>>,
+        seen: Mutex<Vec<Seen>>,
     }
 
     impl Script {
@@ -289,7 +291,7 @@ mod tests {
                 seen: Mutex::default(),
             }
         }
-        fn seen(&self) -> Vec<(SocketAddr, Option<String>, Option<String>)> {
+        fn seen(&self) -> Vec<Seen> {
             self.seen.lock().unwrap().clone()
         }
     }
