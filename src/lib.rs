@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod file_poll;
 pub mod http;
 pub mod identity;
 pub mod iptables;

@@ -1,8 +1,8 @@
 //! Hot reload: the config file is re-read when it changes and on SIGHUP.
 //!
-//! The file is polled, not watched by inode: a Kubernetes ConfigMap volume
-//! replaces the file by swapping a `..data` symlink, which inode watches
-//! miss. Reading a few KB once a second costs nothing.
+//! The file is polled ([`FilePoll`]), not watched by inode: a Kubernetes
+//! ConfigMap volume replaces the file by swapping a `..data` symlink, which
+//! inode watches miss.
 //!
 //! A new config is validated and built next to the running one; new
 //! listener sockets are bound first, so a config that cannot be applied
@@ -12,21 +12,18 @@
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::snapshot::Snapshot;
 use super::{bind_listener, start_listener, Running};
 use crate::access_log::AccessLog;
 use crate::admin::AdminState;
 use crate::config;
+use crate::file_poll::{FilePoll, POLL};
 use crate::metrics::Metrics;
-
-const POLL: Duration = Duration::from_secs(1);
 
 /// Says when to reload: the file's content changed, or SIGHUP came.
 pub struct Trigger {
-    path: Option<PathBuf>,
-    last: Option<Vec<u8>>,
+    file: Option<FilePoll>,
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -34,8 +31,7 @@ pub struct Trigger {
 impl Trigger {
     pub fn new(path: Option<&Path>) -> Self {
         Trigger {
-            last: path.and_then(|p| std::fs::read(p).ok()),
-            path: path.map(Path::to_path_buf),
+            file: path.map(FilePoll::new),
             #[cfg(unix)]
             hangup: path.and_then(|_| {
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
@@ -45,7 +41,7 @@ impl Trigger {
 
     /// The path to reload from, when it is time; pending forever without a path.
     pub async fn next(&mut self) -> Option<PathBuf> {
-        let path = self.path.clone()?;
+        let path = self.file.as_ref()?.path().to_path_buf();
         loop {
             #[cfg(unix)]
             {
@@ -58,7 +54,9 @@ impl Trigger {
                 tokio::select! {
                     _ = hangup => {
                         tracing::info!(config = %path.display(), "SIGHUP: reloading");
-                        self.last = std::fs::read(&path).ok();
+                        if let Some(f) = &mut self.file {
+                            f.reread();
+                        }
                         return Some(path);
                     }
                     _ = tokio::time::sleep(POLL) => {}
@@ -66,10 +64,8 @@ impl Trigger {
             }
             #[cfg(not(unix))]
             tokio::time::sleep(POLL).await;
-            let now = std::fs::read(&path).ok();
-            if now.is_some() && now != self.last {
+            if self.file.as_mut().and_then(FilePoll::changed).is_some() {
                 tracing::info!(config = %path.display(), "config file changed: reloading");
-                self.last = now;
                 return Some(path);
             }
         }
