@@ -36,6 +36,8 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
+    authn_denied: IntCounterVec,
+    ratelimited: IntCounterVec,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -120,6 +122,16 @@ impl Metrics {
             "Requests refused by a circuit-breaker cap.",
             &["cluster"],
         )?;
+        let authn_denied = counter(
+            "skiff_authn_denied_total",
+            "Requests refused for a missing or invalid JWT, by reason.",
+            &["listener", "reason"],
+        )?;
+        let ratelimited = counter(
+            "skiff_ratelimited_total",
+            "Requests refused by a rate limit.",
+            &["listener"],
+        )?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -148,6 +160,8 @@ impl Metrics {
             retries_skipped,
             outlier_ejections,
             overflow,
+            authn_denied,
+            ratelimited,
             reloads_success,
             reloads_failure,
         })
@@ -167,6 +181,16 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// `skiff_authn_denied_total{listener, reason}`.
+    pub fn authn_denied(&self, listener: &str, reason: &str) -> IntCounter {
+        self.authn_denied.with_label_values(&[listener, reason])
+    }
+
+    /// `skiff_ratelimited_total{listener}`.
+    pub fn ratelimited(&self, listener: &str) -> IntCounter {
+        self.ratelimited.with_label_values(&[listener])
     }
 
     /// Handles for one (listener, cluster) pair; `cluster` is empty for requests no route took.

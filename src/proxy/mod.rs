@@ -4,7 +4,8 @@
 //!    cannot be proxied (CONNECT, a head too large)
 //! 2. route it: virtual host, then the first matching route, and the cluster
 //!    (weighted clusters draw one)
-//! 3. admission (coming: authentication, authorization, rate limit)
+//! 3. admission (`crate::admission`): authentication (JWT), (coming:
+//!    authorization), then the rate limit
 //! 4. set the deadline: route `timeout`, capped by the client's `grpc-timeout`
 //! 5. call the cluster (`call.rs`): each try (`attempt.rs`) to an endpoint
 //!    the balancer picks, hop-by-hop headers removed and `grpc-timeout` set
@@ -30,6 +31,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, Version};
 
 use crate::access_log::AccessLog;
+use crate::admission::{self, Admission};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::{Cluster, Endpoint};
 use crate::error::{ErrorKind, ProxyError};
@@ -75,6 +77,8 @@ pub struct ListenerState {
     /// `passthrough: true` on a transparent listener: unrouted requests go
     /// to their original destination.
     pub passthrough: Option<Passthrough>,
+    /// JWT and rate limits; `None` when the listener has neither.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// Proxy one request from a downstream client.
@@ -107,10 +111,18 @@ pub async fn handle(
     ex.target = Some(routed.target.clone());
     let cluster = routed.target.cluster.clone();
 
-    // 3. Admission: what decides whether this request may go on —
-    // authentication, then authorization, then the rate limit — comes here,
-    // after routing (a route may set its own rules) and before the cluster
-    // sees anything.
+    // 3. Admission: authentication, then (coming) authorization, then the
+    // rate limit; after routing (a route may set its own rules), before the
+    // cluster sees anything.
+    let admitted = admission::check(
+        state.admission.as_deref(),
+        routed.route,
+        conn.client.ip(),
+        req.headers_mut(),
+    );
+    if let Err(e) = admitted.await {
+        return ex.fail(e);
+    }
 
     // 4. Deadline: the route timeout, capped by the client's grpc-timeout.
     let client_timeout = req
@@ -187,6 +199,8 @@ struct Routed {
     policy: Option<Arc<RetryPolicy>>,
     /// Passthrough: the original destination, the one endpoint to try.
     endpoint: Option<Arc<Endpoint>>,
+    /// The route's id; `None` for passthrough.
+    route: Option<usize>,
 }
 
 /// Step 2: the route for `authority` (then the original destination's
@@ -224,6 +238,7 @@ fn route(
                 timeout: route.timeout,
                 policy: route.retry.clone(),
                 endpoint: None,
+                route: Some(route.id),
             })
         }
         (None, Some(p), Some(dst)) => Ok(Routed {
@@ -234,6 +249,7 @@ fn route(
             timeout: None,
             policy: None,
             endpoint: Some(p.endpoint(dst)),
+            route: None,
         }),
         _ => {
             let what = format!(

@@ -25,6 +25,7 @@ impl Rules<'_> {
                 "listeners",
             );
             self.limits(l, &base);
+            self.listener_admission(d, l, &base);
             self.virtual_hosts(d, l, &base);
         }
     }
@@ -127,7 +128,7 @@ impl Rules<'_> {
                 );
             }
             for (r, route) in vh.routes.iter().enumerate() {
-                self.route(d, route, &format!("{vbase}.routes[{r}]"));
+                self.route(d, l, route, &format!("{vbase}.routes[{r}]"));
             }
         }
     }

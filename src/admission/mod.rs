@@ -1,0 +1,247 @@
+//! Admission: what decides whether a routed request may go on to its
+//! cluster, in this order (step 3 of `proxy::handle`):
+//!
+//! 1. **authentication** ([`jwt`], keys from [`jwks`]): on a `jwt:`
+//!    listener every request's forwarded-claim headers are removed first
+//!    (public routes too); then, unless the route says `jwt: false`, the
+//!    bearer token must verify: 401 `unauthenticated`, or 503 `no_jwks`
+//!    while no key set is in;
+//! 2. (coming: authorization);
+//! 3. **the rate limit** ([`rate_limit`]): the route's own, else the
+//!    listener's: 429 `rate_limited` with `Retry-After` and the IETF
+//!    `RateLimit-Policy` / `RateLimit` fields.
+//!
+//! A request refused at 1 or 2 takes no token from the bucket, and a
+//! `claim:` key reads the token verified at 1. A passing request gets the
+//! forwarded claims set (and the token dropped with `forward_token: false`).
+
+pub mod jwks;
+pub mod jwt;
+pub mod rate_limit;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use prometheus::IntCounter;
+
+use crate::config;
+use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::Metrics;
+use jwks::Jwks;
+use jwt::{AuthError, JwtAuth, Reason};
+use rate_limit::{KeySource, RateLimiter};
+
+/// A rate limit in force: its buckets and what a request's key is.
+pub struct Limit {
+    pub limiter: Arc<RateLimiter>,
+    key: KeySource,
+}
+
+/// What a route changes: `jwt: false`, its own `rate_limit`.
+#[derive(Default)]
+struct RouteRule {
+    public: bool,
+    limit: Option<Limit>,
+}
+
+/// The admission rules of one listener.
+pub struct Admission {
+    jwt: Option<JwtAuth>,
+    limit: Option<Limit>,
+    /// By route id (`router::Route::id`).
+    routes: Vec<RouteRule>,
+    ratelimited: IntCounter,
+}
+
+/// Where the rate limiters of a listener come from: `scope` names the
+/// section (`""` for the listener's, else its route), so a reload can hand
+/// back the buckets of unchanged settings.
+pub type Limiters<'a> = dyn FnMut(&str, &config::RateLimit) -> Arc<RateLimiter> + 'a;
+
+impl Admission {
+    /// The rules of listener `l`, or `None` when it has none (no `jwt`,
+    /// no `rate_limit` anywhere). `jwks` is its key set when it has `jwt`.
+    pub fn build(
+        l: &config::Listener,
+        jwks: Option<Arc<Jwks>>,
+        limiters: &mut Limiters<'_>,
+        metrics: &Metrics,
+    ) -> Result<Option<Admission>, String> {
+        let route_limits: Vec<(String, &config::Route)> = l
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| {
+                vh.routes
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (route_scope(&vh.name, i, r), r))
+            })
+            .collect();
+        let any_limit =
+            l.rate_limit.is_some() || route_limits.iter().any(|(_, r)| r.rate_limit.is_some());
+        if l.jwt.is_none() && !any_limit {
+            return Ok(None);
+        }
+        // The claims `claim:` keys read, kept with the verified token.
+        let claims: Vec<String> = l
+            .rate_limit
+            .iter()
+            .chain(
+                route_limits
+                    .iter()
+                    .filter_map(|(_, r)| r.rate_limit.as_ref()),
+            )
+            .filter_map(|rl| match config::RateLimitKey::parse(&rl.key) {
+                Ok(config::RateLimitKey::Claim(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let jwt = match (&l.jwt, jwks) {
+            (Some(c), Some(jwks)) => {
+                let denied = Reason::ALL
+                    .iter()
+                    .map(|r| (*r, metrics.authn_denied(&l.name, r.as_str())))
+                    .collect();
+                Some(JwtAuth::new(c, jwks, &claims, denied)?)
+            }
+            (Some(_), None) => return Err("a jwt listener needs its key set".into()),
+            _ => None,
+        };
+        let mut limit = |scope: &str, c: &config::RateLimit| {
+            let limiter = limiters(scope, c);
+            let key = limiter.key_source(|claim| jwt.as_ref()?.claim_index(claim));
+            Limit { limiter, key }
+        };
+        let listener_limit = l.rate_limit.as_ref().map(|c| limit("", c));
+        let routes = route_limits
+            .iter()
+            .map(|(scope, r)| RouteRule {
+                public: r.jwt == Some(false),
+                limit: r.rate_limit.as_ref().map(|c| limit(scope, c)),
+            })
+            .collect();
+        Ok(Some(Admission {
+            jwt,
+            limit: listener_limit,
+            routes,
+            ratelimited: metrics.ratelimited(&l.name),
+        }))
+    }
+
+    /// The key set this listener verifies with, if it has `jwt`.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwt.as_ref().map(|j| &j.jwks)
+    }
+
+    /// Admit a request on route `route` (its id; `None`: not routed by a
+    /// route, e.g. passthrough) from `client`, or say why not. The headers
+    /// are fixed up on the way: forged claims out, verified claims in.
+    pub async fn admit(
+        &self,
+        route: Option<usize>,
+        client: IpAddr,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ProxyError> {
+        let rule = route.and_then(|i| self.routes.get(i));
+        let verified = match &self.jwt {
+            Some(auth) => {
+                auth.strip_forged(headers);
+                if rule.is_some_and(|r| r.public) {
+                    None
+                } else {
+                    Some(
+                        auth.authenticate(headers)
+                            .await
+                            .map_err(|e| refusal(auth, e))?,
+                    )
+                }
+            }
+            None => None,
+        };
+        if let Some(l) = rule.and_then(|r| r.limit.as_ref()).or(self.limit.as_ref()) {
+            let key = l.limiter.key(&l.key, client, headers, verified.as_deref());
+            if let Err(wait) = l.limiter.check(key) {
+                self.ratelimited.inc();
+                let what = format!(
+                    "over the rate limit of {} requests per second (burst {})",
+                    l.limiter.config.requests_per_second,
+                    l.limiter.config.burst()
+                );
+                return Err(ProxyError::new(ErrorKind::RateLimited, what)
+                    .with_retry_after(wait)
+                    .with_rate_limit(l.limiter.fields()));
+            }
+        }
+        if let (Some(auth), Some(v)) = (&self.jwt, &verified) {
+            auth.forward(v, headers);
+        }
+        Ok(())
+    }
+}
+
+/// Step 3 of the request path: admit the request, when its listener has rules.
+pub async fn check(
+    admission: Option<&Admission>,
+    route: Option<usize>,
+    client: IpAddr,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    match admission {
+        Some(a) => a.admit(route, client, headers).await,
+        None => Ok(()),
+    }
+}
+
+/// The scope of a route's rate limit: its virtual host and its name or place.
+fn route_scope(vhost: &str, index: usize, r: &config::Route) -> String {
+    match &r.name {
+        Some(name) => format!("{vhost}/{name}"),
+        None => format!("{vhost}/#{index}"),
+    }
+}
+
+/// The answer to a request that did not authenticate, counted by reason.
+fn refusal(auth: &JwtAuth, e: AuthError) -> ProxyError {
+    match e {
+        AuthError::NoKeys => ProxyError::new(
+            ErrorKind::NoJwks,
+            format!("no JWK Set is loaded yet ({})", auth.jwks.description),
+        ),
+        AuthError::Denied { reason, detail } => {
+            auth.count(reason);
+            let what = format!("{}: {detail}", reason.as_str());
+            // RFC 6750 §3.1: a request without credentials gets the bare
+            // challenge, one with a bad token `invalid_token` and why.
+            let challenge = match reason {
+                Reason::Missing => "Bearer".to_string(),
+                _ => format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    quotable(&what)
+                ),
+            };
+            ProxyError::new(ErrorKind::Unauthenticated, what).with_challenge(challenge)
+        }
+    }
+}
+
+/// `s` as the inside of an RFC 6750 quoted string: visible ASCII but `"` and `\`.
+fn quotable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c == ' ' || c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+/// Keys and tokens for the tests, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/jwt.rs"]
+pub(crate) mod test_keys;
