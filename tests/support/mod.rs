@@ -21,6 +21,7 @@ pub mod flaky;
 pub mod grpc_backend;
 pub mod http_backend;
 pub mod http_client;
+pub mod jwt;
 pub mod netns;
 pub mod peers;
 pub mod process;
