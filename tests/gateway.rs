@@ -456,14 +456,27 @@ async fn a_jwks_uri_is_fetched_through_its_cluster_and_outlives_its_server() -> 
         Ok(())
     })
     .await?;
-    assert_eq!(gw.get_with_token(&token_a).await?.0.status, 401, "the old key left");
+    assert_eq!(
+        gw.get_with_token(&token_a).await?.0.status,
+        401,
+        "the old key left"
+    );
 
     // The server goes away: fetches fail, the last good set stays.
-    let failures = || gw.skiff.lines.joined().matches("JWK Set fetch failed").count();
+    let failures = || {
+        gw.skiff
+            .lines
+            .joined()
+            .matches("JWK Set fetch failed")
+            .count()
+    };
     let before = failures();
     drop(server);
     eventually(Duration::from_secs(15), || async {
-        ensure!(failures() > before, "no failed fetch since the server stopped");
+        ensure!(
+            failures() > before,
+            "no failed fetch since the server stopped"
+        );
         Ok(())
     })
     .await?;

@@ -206,8 +206,9 @@ impl Source {
 /// The current key set of a listener and what keeps it current.
 pub struct Jwks {
     current: ArcSwapOption<KeySet>,
-    /// Bumped on every install, so waiters see a change.
-    installed: watch::Sender<u64>,
+    /// Bumped when a fetch of a URI source ends, good or bad, so a request
+    /// waiting on an unknown `kid` learns the outcome at once.
+    fetched: watch::Sender<u64>,
     generation: AtomicU64,
     /// Asks the fetch task for a fetch now (an unknown `kid`).
     refetch: Notify,
@@ -222,7 +223,7 @@ impl Jwks {
     pub fn new(listener: &str, source: &Source) -> Jwks {
         Jwks {
             current: ArcSwapOption::empty(),
-            installed: watch::channel(0).0,
+            fetched: watch::channel(0).0,
             generation: AtomicU64::new(0),
             refetch: Notify::new(),
             last_refetch: Mutex::new(None),
@@ -258,7 +259,6 @@ impl Jwks {
         }
         set.generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.current.store(Some(Arc::new(set)));
-        self.installed.send_modify(|n| *n += 1);
         true
     }
 
@@ -277,7 +277,7 @@ impl Jwks {
 
     /// A token named a key the set lacks: with a URI source, ask for a
     /// fetch (at most once per [`UNKNOWN_KID_REFETCH`]) and wait up to
-    /// `wait` for a new set. True when a new set came in.
+    /// `wait` for it to end. True when a fetch ended (look at the set again).
     pub async fn refetch_for_unknown_kid(&self, wait: Duration) -> bool {
         if !self.fetches {
             return false;
@@ -292,11 +292,11 @@ impl Jwks {
             }
             *last = Some(now);
         }
-        let mut installed = self.installed.subscribe();
-        installed.mark_unchanged();
+        let mut fetched = self.fetched.subscribe();
+        fetched.mark_unchanged();
         self.refetch.notify_one();
         matches!(
-            tokio::time::timeout(wait, installed.changed()).await,
+            tokio::time::timeout(wait, fetched.changed()).await,
             Ok(Ok(()))
         )
     }
@@ -352,7 +352,9 @@ async fn fetch_loop(
     // Retry soon after a failure, sooner while no set is in at all.
     let mut backoff = Duration::from_millis(250);
     loop {
-        let wait = match fetch(&cluster, &uri).await.and_then(|t| jwks.load(&t)) {
+        let outcome = fetch(&cluster, &uri).await.and_then(|t| jwks.load(&t));
+        jwks.fetched.send_modify(|n| *n += 1);
+        let wait = match outcome {
             Ok(()) => {
                 backoff = Duration::from_millis(250);
                 refresh
