@@ -15,14 +15,18 @@
 //! keys the known keys keep their own buckets and the newcomers together
 //! get one key's rate, and memory stays at `max_keys` entries.
 //!
+//! A key is one keyed 64-bit SipHash of the address or value (the process's
+//! own random key, so nobody outside can aim two values at one bucket),
+//! used as it is by the shard maps: one hash per check.
+//!
 //! The own GCRA instead of governor's keyed limiter: governor inserts every
 //! key it is asked about (no cap, and its `retain_recent` sweeps the whole
 //! map), and the 429's fields need the wait, which is one subtraction here.
-//! The check costs about one hash, one uncontended lock and one clock read
+//! The check costs one hash, one uncontended lock and one clock read
 //! (`benches/micro.rs`, `rate_limit`).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -40,8 +44,31 @@ const SHARDS: usize = 16;
 const FULL_SWEEP_EVERY: u64 = 1_000_000_000;
 /// A shard that is not full is swept this often, to give back the memory of keys gone idle.
 const IDLE_SWEEP_EVERY: u64 = 10_000_000_000;
-/// The key of requests that lack the configured header or claim: they share one bucket.
-const MISSING: u128 = u128::MAX;
+/// What a key is made from, hashed in front of its bytes so an address,
+/// a value and "missing" never share a bucket.
+const TAG_IP: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_MISSING: u8 = 2;
+
+/// A shard map's keys are keyed hashes already: used as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type TatMap = HashMap<u64, u64, BuildHasherDefault<KeyHasher>>;
 
 /// What a rate limit counts by, resolved.
 pub enum KeySource {
@@ -66,12 +93,11 @@ pub struct RateLimiter {
     /// The bucket of the keys turned away by a full shard.
     overflow: AtomicU64,
     base: Instant,
-    hash_hi: RandomState,
-    hash_lo: RandomState,
+    hasher: RandomState,
 }
 
 struct Shard {
-    tats: HashMap<u128, u64>,
+    tats: TatMap,
     last_sweep: u64,
 }
 
@@ -89,7 +115,7 @@ impl RateLimiter {
             shards: (0..shards)
                 .map(|_| {
                     Mutex::new(Shard {
-                        tats: HashMap::new(),
+                        tats: TatMap::default(),
                         last_sweep: 0,
                     })
                 })
@@ -97,8 +123,7 @@ impl RateLimiter {
             shard_cap: c.max_keys.div_ceil(shards).max(1),
             overflow: AtomicU64::new(0),
             base: Instant::now(),
-            hash_hi: RandomState::new(),
-            hash_lo: RandomState::new(),
+            hasher: RandomState::new(),
         }
     }
 
@@ -123,40 +148,43 @@ impl RateLimiter {
         client: IpAddr,
         headers: &HeaderMap,
         token: Option<&Verified>,
-    ) -> u128 {
-        match source {
-            KeySource::ClientIp { xff_hops: None } => ip_key(client),
+    ) -> u64 {
+        let value = match source {
+            KeySource::ClientIp { xff_hops: None } => return self.ip_key(client),
             KeySource::ClientIp {
                 xff_hops: Some(hops),
-            } => ip_key(forwarded_client(headers, *hops).unwrap_or(client)),
-            KeySource::Header(name) => headers
-                .get(name)
-                .map_or(MISSING, |v| self.bytes_key(v.as_bytes())),
-            KeySource::Claim(index) => index
-                .and_then(|i| token?.claim(i))
-                .map_or(MISSING, |v| self.bytes_key(v.as_bytes())),
+            } => return self.ip_key(forwarded_client(headers, *hops).unwrap_or(client)),
+            KeySource::Header(name) => headers.get(name),
+            KeySource::Claim(index) => index.and_then(|i| token?.claim(i)),
+        };
+        match value {
+            Some(v) => self.value_key(v.as_bytes()),
+            // Requests without the header or claim share one bucket.
+            None => self.hasher.hash_one(TAG_MISSING),
         }
     }
 
-    /// A header or claim value as a key: two keyed 64-bit hashes, so an
-    /// outsider cannot make two values share a bucket.
-    fn bytes_key(&self, bytes: &[u8]) -> u128 {
-        let k = (u128::from(self.hash_hi.hash_one(bytes)) << 64)
-            | u128::from(self.hash_lo.hash_one(bytes));
-        if k == MISSING {
-            k - 1
-        } else {
-            k
-        }
+    /// The key of a client address.
+    pub fn ip_key(&self, ip: IpAddr) -> u64 {
+        let bits = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        self.hasher.hash_one((TAG_IP, bits))
+    }
+
+    /// The key of a header or claim value.
+    pub fn value_key(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one((TAG_VALUE, bytes))
     }
 
     /// Take a token for `key` now; `Err` is the wait until one is there.
-    pub fn check(&self, key: u128) -> Result<(), Duration> {
+    pub fn check(&self, key: u64) -> Result<(), Duration> {
         self.check_at(key, self.base.elapsed().as_nanos() as u64)
     }
 
     /// As [`check`](Self::check), at `now` nanoseconds after the limiter was made.
-    pub fn check_at(&self, key: u128, now: u64) -> Result<(), Duration> {
+    pub fn check_at(&self, key: u64, now: u64) -> Result<(), Duration> {
         let shard = &self.shards[shard_of(key, self.shards.len())];
         let Ok(mut s) = shard.lock() else {
             return Ok(());
@@ -246,16 +274,10 @@ impl Shard {
     }
 }
 
-fn shard_of(key: u128, shards: usize) -> usize {
-    let folded = (key as u64) ^ ((key >> 64) as u64);
-    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % shards
-}
-
-fn ip_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
-        IpAddr::V6(v6) => v6.to_bits(),
-    }
+/// The shard of a key: bits the maps use least (their index takes the low
+/// bits, their tags the top seven).
+fn shard_of(key: u64, shards: usize) -> usize {
+    (key >> 40) as usize % shards
 }
 
 /// The address `hops` entries from the right of `X-Forwarded-For` (each
@@ -341,7 +363,7 @@ mod tests {
         // A flood of new keys within one second: 100 get buckets, the rest
         // share the overflow bucket (one passes, the others wait).
         let mut passed = 0;
-        for k in 0..10_000u128 {
+        for k in 0..10_000u64 {
             passed += usize::from(rl.check_at(k, SEC).is_ok());
         }
         assert_eq!(rl.live_keys(), 100);
@@ -357,7 +379,7 @@ mod tests {
     #[test]
     fn idle_keys_are_swept_while_the_map_is_not_full() {
         let rl = limiter("{ requests_per_second: 100, burst: 1, max_keys: 1000 }");
-        for k in 0..500u128 {
+        for k in 0..500u64 {
             rl.check_at(k, SEC).unwrap();
         }
         assert_eq!(rl.live_keys(), 500);
@@ -374,7 +396,7 @@ mod tests {
         let plain = rl.key_source(|_| None);
         assert_eq!(
             rl.key(&plain, peer, &h, None),
-            ip_key(peer),
+            rl.ip_key(peer),
             "the header is not trusted"
         );
 
@@ -387,13 +409,13 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("10.1.1.1:80"));
         assert_eq!(
             rl.key(&src, peer, &h, None),
-            ip_key("1.2.3.4".parse().unwrap())
+            rl.ip_key("1.2.3.4".parse().unwrap())
         );
         let mut short = HeaderMap::new();
         short.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         assert_eq!(
             rl.key(&src, peer, &short, None),
-            ip_key(peer),
+            rl.ip_key(peer),
             "fewer hops than trusted"
         );
 
@@ -406,7 +428,15 @@ mod tests {
         let ka = rl.key(&src, peer, &a, None);
         assert_ne!(ka, rl.key(&src, peer, &b, None));
         assert_eq!(ka, rl.key(&src, "10.9.9.9".parse().unwrap(), &a, None));
-        assert_eq!(rl.key(&src, peer, &HeaderMap::new(), None), MISSING);
+        let missing = rl.key(&src, peer, &HeaderMap::new(), None);
+        assert_ne!(missing, ka);
+        let elsewhere: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(missing, rl.key(&src, elsewhere, &HeaderMap::new(), None));
+        assert_ne!(
+            rl.value_key(b""),
+            missing,
+            "an empty value is not a missing one"
+        );
     }
 
     #[test]
