@@ -35,14 +35,13 @@ ENTRYPOINT ["skiff"]
 CMD ["iptables"]
 
 # The demo shop: order, catalog, inventory and payment (examples/shop/), one
-# image; each Deployment in deploy/ runs one of them by `command`.
+# binary; each Deployment in deploy/ runs one of them by `command`
+# (`shop order`, `shop catalog`, ...).
 FROM build AS shop-build
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --example shop_order --example shop_catalog \
-        --example shop_inventory --example shop_payment --example shop_client \
-    && for e in shop_order shop_catalog shop_inventory shop_payment shop_client; do \
-        install -D -m 0755 "target/release/examples/$e" "/out/shop/$e"; done
+    cargo build --release --locked -p shop \
+    && install -D -m 0755 target/release/shop /out/shop/shop
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS shop
 COPY --from=shop-build /out/shop/ /usr/local/bin/

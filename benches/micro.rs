@@ -10,6 +10,8 @@
 //!   a scan of all);
 //! - round-robin pick over 10 / 100 / 1,000 endpoints, equal and unequal weights;
 //! - parse + validate of a config with 1,000 clusters and 10,000 routes;
+//! - the connection and request spans, with their level off (the default
+//!   `info`, as `skiff run` sets it up) against no span, and on for reference.
 //! - admission: a rate-limit check (a known key, and a stream of new keys
 //!   up to the cap), a request with a cached JWT, and the signature checks
 //!   a token costs when it is not cached yet (RS256, PS256, ES256, EdDSA).
@@ -161,7 +163,7 @@ fn policy_pick(c: &mut Criterion) {
     use skiff::cluster::{Endpoint, EwmaSettings};
     use skiff::config::LbPolicy;
     use skiff::resilience::breaker::Limits;
-    use skiff::upstream::PoolConfig;
+    use skiff::upstream::{Connector, PoolConfig};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -170,6 +172,7 @@ fn policy_pick(c: &mut Criterion) {
         idle_timeout: Duration::from_secs(60),
         max_idle: 0,
         limits: Arc::new(Limits::unlimited()),
+        connector: Connector::tcp(),
     };
     let mut group = c.benchmark_group("pick");
     for n in [10usize, 100, 1_000] {
@@ -321,12 +324,98 @@ fn admission(c: &mut Criterion) {
     group.finish();
 }
 
+/// One poll of `fut`, as a connection's task polls a request's future.
+fn poll_once<F: std::future::Future>(fut: F) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    fut.as_mut().poll(&mut cx).is_ready()
+}
+
+/// What the listener does per request and per connection for its spans:
+/// build the span, run the request's future in it (entered and left on
+/// each poll), drop it. With the level off (the default `info`, the
+/// subscriber `skiff run` installs) against no span at all; and with it on,
+/// formatting to nowhere, for reference.
+fn spans(c: &mut Criterion) {
+    use skiff::listener::state::ConnInfo;
+    use skiff::listener::{connection_span, request_span};
+    use tracing::Instrument;
+    use tracing_subscriber::EnvFilter;
+
+    let production = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .finish();
+    if tracing::subscriber::set_global_default(production).is_err() {
+        panic!("a global subscriber was already set");
+    }
+    // What makes a debug span's callsite give up at its first check.
+    assert_eq!(
+        tracing::level_filters::LevelFilter::current(),
+        tracing::level_filters::LevelFilter::INFO
+    );
+    let mut req = http::Request::post("/pkg.Service/Method")
+        .header(http::header::HOST, "svc.ns.svc.cluster.local:50051")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap_or_default();
+    skiff::http::headers::ensure_request_id(req.headers_mut());
+    let conn = ConnInfo {
+        client: std::net::SocketAddr::from(([10, 0, 0, 7], 41234)),
+        orig_dst: Some(std::net::SocketAddr::from(([10, 0, 1, 9], 50051))),
+        peer: None,
+    };
+
+    let mut group = c.benchmark_group("span");
+    group.bench_function("request/none", |b| {
+        b.iter(|| black_box(poll_once(std::future::ready(black_box(1)))))
+    });
+    group.bench_function("request/off", |b| {
+        b.iter(|| {
+            let span = request_span(black_box(&req));
+            black_box(poll_once(std::future::ready(black_box(1)).instrument(span)))
+        })
+    });
+    group.bench_function("connection/off", |b| {
+        b.iter(|| {
+            let span = connection_span(black_box("inbound"), black_box(&conn));
+            black_box(poll_once(std::future::ready(black_box(1)).instrument(span)))
+        })
+    });
+    // The request id is now ensured before the span; the request path's
+    // own call then only finds it.
+    group.bench_function("request_id_already_set", |b| {
+        b.iter(|| skiff::http::headers::ensure_request_id(black_box(req.headers_mut())))
+    });
+    // For reference: the cost once `skiff=debug` turns them on.
+    let debug = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("debug"))
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(debug, || {
+        group.bench_function("request/on", |b| {
+            b.iter(|| {
+                let span = request_span(black_box(&req));
+                black_box(poll_once(std::future::ready(black_box(1)).instrument(span)))
+            })
+        });
+        group.bench_function("connection/on", |b| {
+            b.iter(|| {
+                let span = connection_span(black_box("inbound"), black_box(&conn));
+                black_box(poll_once(std::future::ready(black_box(1)).instrument(span)))
+            })
+        });
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     route_lookup,
     balance_pick,
     policy_pick,
     config_load,
-    admission
+    admission,
+    spans
 );
 criterion_main!(benches);

@@ -66,6 +66,10 @@ pub struct RouteArgs {
     /// Only explain for this listener (default: every listener).
     #[arg(long)]
     pub listener: Option<String>,
+    /// The caller's verified identity (a SPIFFE ID), for the listener's
+    /// authorization rules; without it the caller is a plaintext peer.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub peer: Option<String>,
 }
 
 /// `skiff iptables`: see `skiff::iptables` and docs/kubernetes.md.

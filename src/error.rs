@@ -243,6 +243,7 @@ impl ProxyError {
             UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
                 ErrorKind::ConnectFailure
             }
+            UpstreamError::Handshake { .. } => ErrorKind::ConnectFailure,
             UpstreamError::Reset { .. } | UpstreamError::Refused { .. } => ErrorKind::UpstreamReset,
             UpstreamError::Overflow { .. } => ErrorKind::Overflow,
             UpstreamError::Invalid { .. } => ErrorKind::BadRequest,

@@ -13,7 +13,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
-pub mod file_poll;
+pub mod file_watch;
 pub mod http;
 pub mod identity;
 pub mod iptables;
@@ -23,4 +23,12 @@ pub mod proxy;
 pub mod resilience;
 pub mod router;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
+
+/// Test CAs and SVIDs, shared with the integration tests (each side uses
+/// part of it).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/support/ca.rs"]
+pub(crate) mod test_ca;

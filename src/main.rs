@@ -59,7 +59,13 @@ fn init_logging(cli: &Cli) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
-        b.json().flatten_event(true).with_current_span(false).init();
+        // Each line carries the spans it was logged in (conn, req, upstream),
+        // outermost first, with their fields.
+        b.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
     } else {
         b.init();
     }
@@ -194,8 +200,14 @@ fn route(a: &RouteArgs) -> anyhow::Result<()> {
         a.path,
         a.headers
     );
-    let report =
-        explain::report(&config, &req, a.listener.as_deref()).map_err(anyhow::Error::msg)?;
+    let peer = a
+        .peer
+        .as_deref()
+        .map(skiff::identity::Identity::parse)
+        .transpose()
+        .context("--peer is not a SPIFFE ID")?;
+    let report = explain::report(&config, &req, peer.as_ref(), a.listener.as_deref())
+        .map_err(anyhow::Error::msg)?;
     out!("{}", report.trim_end());
     Ok(())
 }

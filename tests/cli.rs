@@ -343,3 +343,73 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() -> anyhow::
     );
     Ok(())
 }
+
+#[test]
+fn route_shows_which_authorization_rule_decides_for_a_peer() -> anyhow::Result<()> {
+    let dir = ScratchDir::new("cli")?;
+    let path = dir.write(
+        "authz.yaml",
+        r#"admin: { address: 127.0.0.1:15000 }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    authorization:
+      - allow: { principals: ["spiffe://cluster.local/ns/shop/sa/order"], paths: ["/shop.Payment/*"] }
+      - deny: { principals: ["*"] }
+    virtual_hosts:
+      - name: local
+        domains: ["*"]
+        routes:
+          - match: { prefix: "/" }
+            cluster: app
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:8080"]
+"#,
+    )?;
+    let file = path.display().to_string();
+    let route = |peer: Option<&str>| {
+        let mut args = vec![
+            "route",
+            "--config",
+            &file,
+            "--authority",
+            "payment",
+            "--path",
+            "/shop.Payment/Charge",
+            "--method",
+            "POST",
+        ];
+        if let Some(p) = peer {
+            args.extend(["--peer", p]);
+        }
+        skiff(&args)
+    };
+    let out = route(Some("spiffe://cluster.local/ns/shop/sa/order"))?;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("rule 0") && out.stdout.contains("allows"),
+        "{}",
+        out.stdout
+    );
+    let out = route(Some("spiffe://cluster.local/ns/shop/sa/catalog"))?;
+    assert!(
+        out.stdout.contains("rule 1") && out.stdout.contains("403"),
+        "{}",
+        out.stdout
+    );
+    let out = route(None)?;
+    assert!(
+        out.stdout.contains("plaintext peer") && out.stdout.contains("no rule matches"),
+        "{}",
+        out.stdout
+    );
+    let out = route(Some("order"))?;
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "a --peer that is not a SPIFFE ID is refused"
+    );
+    assert!(out.stderr.contains("--peer"), "{}", out.stderr);
+    Ok(())
+}

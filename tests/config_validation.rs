@@ -72,6 +72,7 @@ rule!(unset_env_var, "unset_env_var.yaml", 3:12, "", "environment variable `SKIF
 
 // Addresses.
 rule!(admin_address, "admin_address.yaml", 3:12, "admin.address", "expected a string, found the number `15000`");
+rule!(admin_not_loopback, "admin_not_loopback.yaml", 3:12, "admin.address", "`0.0.0.0:15000` is not a loopback address");
 rule!(listener_address_hostname, "listener_address_hostname.yaml", 6:14, "listeners[0].address", "`localhost` is not an IP address");
 rule!(duplicate_listener_name, "duplicate_listener_name.yaml", 13:11, "listeners[1].name", "listener name `outbound` is already used (line 5)");
 rule!(overlapping_listeners, "overlapping_listeners.yaml", 14:14, "listeners[1].address", "`0.0.0.0:15001` overlaps listener `outbound` at `127.0.0.1:15001` (line 6)");
@@ -158,8 +159,15 @@ rule!(route_jwt_true_without_jwt, "route_jwt_true_without_jwt.yaml", 13:18, "lis
 rule!(max_header_bytes, "max_header_bytes.yaml", 8:25, "listeners[0].limits.max_header_bytes", "`max_header_bytes` must be at least 1024");
 rule!(window_out_of_bounds, "window_out_of_bounds.yaml", 7:38, "listeners[0].limits.initial_stream_window", "must be from 65535 to 2147483647 bytes");
 rule!(zero_streams, "zero_streams.yaml", 8:31, "listeners[0].limits.max_concurrent_streams", "`max_concurrent_streams` must be at least 1");
+rule!(zero_control_frames, "zero_control_frames.yaml", 8:38, "listeners[0].limits.max_control_frames_per_stream", "`max_control_frames_per_stream` must be at least 1");
+rule!(zero_control_frames_per_data, "zero_control_frames_per_data.yaml", 8:42, "listeners[0].limits.max_control_frames_per_data_frame", "`max_control_frames_per_data_frame` must be at least 1");
+rule!(zero_write_stall, "zero_write_stall.yaml", 8:28, "listeners[0].limits.write_stall_timeout", "`write_stall_timeout` must be greater than 0");
 rule!(empty_access_log_path, "empty_access_log_path.yaml", 5:9, "access_log.path", "`path` cannot be empty");
 rule!(zero_worker_threads, "zero_worker_threads.yaml", 5:19, "runtime.worker_threads", "`worker_threads` must be at least 1");
+
+// Authorization.
+rule!(authorization_bad_principal, "authorization_bad_principal.yaml", 8:31, "listeners[0].authorization[0].allow.principals[0]", "principal \"order\" is not a SPIFFE ID");
+rule!(authorization_allow_and_deny, "authorization_allow_and_deny.yaml", 8:9, "listeners[0].authorization[0]", "either `allow` or `deny`, not both");
 
 #[test]
 fn keys_of_later_features_are_refused_each_at_its_key() {
@@ -174,7 +182,6 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let want: Vec<(usize, usize, String)> = [
         (6, 1, "tls".to_string()),
         (16, 5, format!("{l}.tls")),
-        (17, 5, format!("{l}.authorization")),
         (20, 57, format!("{l}.rate_limit.shared")),
         (28, 51, format!("{r}.rate_limit.shared")),
         (35, 5, format!("{c}.tls")),
@@ -274,7 +281,7 @@ fn every_error_in_a_file_is_reported_in_file_order() {
         })
         .collect();
     let want = [
-        "many_errors.yaml:4:3: admin.port: unknown key `port` in `admin`; the only key here is `address`",
+        "many_errors.yaml:4:3: admin.port: unknown key `port` in `admin`; expected one of `address`, `allow_remote`",
         "many_errors.yaml:13:22: listeners[0].virtual_hosts[0].routes[0].cluster: unknown cluster `inventroy`; did you mean `inventory`?",
         "many_errors.yaml:14:22: listeners[0].virtual_hosts[0].routes[0].timeout: expected a duration: a number and a unit (us, ms, s, m, h), like \"250ms\" or \"2s\", found the number `2`",
         "many_errors.yaml:16:14: listeners[1].address: `0.0.0.0:15001` overlaps listener `outbound` at `127.0.0.1:15001` (line 7): both would bind port 15001",
@@ -390,9 +397,11 @@ fn positions_after_an_expansion_point_into_the_text_as_written() {
 
 #[test]
 fn the_example_configs_load() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    // config/ and its subdirectories (config/shop/).
-    let mut dirs = vec![dir.clone()];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("config");
+    // config/, its subdirectories, and the shop's (tests/shop.rs also runs
+    // `skiff validate` on those).
+    let mut dirs = vec![dir.clone(), root.join("examples/shop/config")];
     let mut seen = 0;
     while let Some(d) = dirs.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
@@ -413,8 +422,8 @@ fn the_example_configs_load() {
         }
     }
     assert!(
-        seen >= 7,
-        "expected the examples in {} and config/shop",
+        seen >= 8,
+        "expected the examples in {} and examples/shop/config",
         dir.display()
     );
 }

@@ -167,3 +167,55 @@ async fn python_peer_and_tonic_interoperate() -> anyhow::Result<()> {
     assert_eq!(resp.get_ref().payload, b"py");
     Ok(())
 }
+
+/// The test CA's SVIDs are what Skiff's credential store loads, and two
+/// stores made from them complete a mesh handshake with each other's
+/// identity.
+#[tokio::test]
+async fn test_ca_svids_load_and_handshake() -> anyhow::Result<()> {
+    use skiff::identity::{CredentialPaths, CredentialStore, Identity};
+    use skiff::tls::client::{self, ClientTls};
+    use skiff::tls::server::{self, ServerTls};
+    use std::sync::Arc;
+    use support::ca::TestCa;
+    use support::scratch::ScratchDir;
+
+    let ca = TestCa::root("cluster.local")?;
+    let dir = ScratchDir::new("test-ca")?;
+    let mut stores = Vec::new();
+    for sa in ["order", "payment"] {
+        let d = dir.path().join(sa);
+        std::fs::create_dir_all(&d)?;
+        let f = ca
+            .svid(&format!("/ns/shop/sa/{sa}"))?
+            .write(&d, &[&ca.root_pem])?;
+        let paths = CredentialPaths {
+            cert: f.cert,
+            key: f.key,
+            ca: f.ca,
+        };
+        stores.push(Arc::new(CredentialStore::load(paths)?));
+    }
+    let payment = Identity::parse(&ca.id("/ns/shop/sa/payment"))?;
+    let server = ServerTls::mesh(stores[1].clone())?;
+    let client = ClientTls::mesh(stores[0].clone(), vec![payment.clone()])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (accepted, connected) = tokio::join!(
+        async {
+            let (tcp, _) = listener.accept().await?;
+            anyhow::Ok(server::accept(&server, tcp).await?)
+        },
+        async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::from(addr.ip());
+            anyhow::Ok(client::connect(&client, name, tcp).await?)
+        }
+    );
+    assert_eq!(
+        accepted?.1.map(|i| i.to_string()),
+        Some(ca.id("/ns/shop/sa/order"))
+    );
+    assert_eq!(connected?.1, Some(payment));
+    Ok(())
+}

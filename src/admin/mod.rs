@@ -96,7 +96,13 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/config_dump") => json(&**state.config.load()),
+        (&Method::GET, "/config_dump") => match serde_json::to_value(&**state.config.load()) {
+            Ok(mut dump) => {
+                redact(&mut dump);
+                json(&dump)
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
         (&Method::GET, "/clusters") => {
             let clusters: Vec<_> = state.clusters.load().iter().map(|c| c.status()).collect();
             json(&serde_json::json!({ "clusters": clusters }))
@@ -124,6 +130,64 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
+/// What `/config_dump` shows in place of key material.
+pub const REDACTED: &str = "[redacted]";
+
+/// Masks key material in a config dump, in place.
+///
+/// Key material is what would let a reader act as this workload: a private
+/// key or a secret written into the config itself. A file path to one is
+/// not (it says where the key is, which the pod spec shows anyway), so a
+/// path stays visible and helps debugging. Masked:
+/// - inline PEM anywhere (a value holding `-----BEGIN`), whatever its key;
+/// - the `key` of any mapping under a `tls` section unless it is a plain
+///   file path (one line, no PEM);
+/// - any value under a key named `secret`, `password`, `token` or
+///   `private_key`, or ending in `_secret`.
+pub fn redact(value: &mut serde_json::Value) {
+    redact_in(value, false);
+}
+
+fn redact_in(value: &mut serde_json::Value, under_tls: bool) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let tls = under_tls || k == "tls";
+                if secret_key(k) || (tls && k == "key" && !is_file_path(v)) {
+                    if !v.is_null() {
+                        *v = serde_json::Value::String(REDACTED.into());
+                    }
+                } else {
+                    redact_in(v, tls);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                redact_in(v, under_tls);
+            }
+        }
+        serde_json::Value::String(s) if s.contains("-----BEGIN") => {
+            *s = REDACTED.into();
+        }
+        _ => {}
+    }
+}
+
+fn secret_key(k: &str) -> bool {
+    matches!(k, "secret" | "password" | "token" | "private_key") || k.ends_with("_secret")
+}
+
+/// A one-line string that is not PEM: taken for a path to a key file.
+fn is_file_path(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => {
+            !s.is_empty() && !s.contains('\n') && !s.contains("-----BEGIN")
+        }
+        _ => false,
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Response<ProxyBody> {
     match serde_json::to_vec_pretty(v) {
         Ok(mut body) => {
@@ -145,4 +209,65 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn key_paths_stay_and_inline_keys_are_masked() {
+        let mut dump = json!({
+            "tls": { "cert": "/etc/skiff/cert.pem", "key": "/etc/skiff/key.pem", "ca": "/etc/skiff/ca.pem" },
+            "listeners": [
+                { "name": "in", "tls": { "mode": "terminate", "cert": "/c.pem", "key": PEM } },
+                { "name": "out", "tls": { "mode": "terminate", "key": "base64-without-pem\nsecond line" } },
+                { "name": "plain", "tls": null, "key": "not under tls" },
+            ],
+            "clusters": [ { "name": "c", "tls": { "mode": "simple", "ca": PEM, "identity": "spiffe://x/y" } } ],
+            "jwt": { "client_secret": "hunter2", "jwks_file": "/jwks.json" },
+            "anything": { "token": "abc", "password": 1234, "note": format!("inline {PEM}") },
+        });
+        redact(&mut dump);
+        assert_eq!(
+            dump["tls"]["key"], "/etc/skiff/key.pem",
+            "a path is not key material"
+        );
+        assert_eq!(dump["tls"]["cert"], "/etc/skiff/cert.pem");
+        assert_eq!(dump["listeners"][0]["tls"]["key"], REDACTED);
+        assert_eq!(dump["listeners"][0]["tls"]["cert"], "/c.pem");
+        assert_eq!(
+            dump["listeners"][1]["tls"]["key"], REDACTED,
+            "inline, not a path"
+        );
+        assert_eq!(dump["listeners"][2]["key"], "not under tls");
+        assert_eq!(
+            dump["clusters"][0]["tls"]["ca"], REDACTED,
+            "inline PEM anywhere"
+        );
+        assert_eq!(dump["clusters"][0]["tls"]["identity"], "spiffe://x/y");
+        assert_eq!(dump["jwt"]["client_secret"], REDACTED);
+        assert_eq!(dump["jwt"]["jwks_file"], "/jwks.json");
+        assert_eq!(dump["anything"]["token"], REDACTED);
+        assert_eq!(dump["anything"]["password"], REDACTED);
+        assert_eq!(dump["anything"]["note"], REDACTED);
+        let text = dump.to_string();
+        assert!(
+            !text.contains("BEGIN") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_config_without_secrets_is_unchanged() {
+        let yaml = "admin:\n  address: 127.0.0.1:0\nlisteners:\n  - name: l\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: a\n        domains: [\"*\"]\n        routes:\n          - cluster: c\nclusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n";
+        let config = crate::config::load_str(yaml, "<test>").unwrap();
+        let before = serde_json::to_value(&config).unwrap();
+        let mut after = before.clone();
+        redact(&mut after);
+        assert_eq!(before, after);
+    }
 }

@@ -1,5 +1,5 @@
 //! The keys a `jwt:` listener verifies tokens with: a JWK Set (RFC 7517)
-//! read from a file, re-read when it changes, or fetched from a URI through
+//! read from a file, re-read when it changes ([`FileWatch`]), or fetched from a URI through
 //! a cluster, again every `refresh` and at once (rate-limited) when a
 //! token names a key the set does not have.
 //!
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::config;
-use crate::file_poll::FilePoll;
+use crate::file_watch::FileWatch;
 use crate::http::body::RequestBody;
 
 /// The algorithms a token may be signed with.
@@ -307,18 +307,18 @@ impl Jwks {
 pub fn start(jwks: Arc<Jwks>, source: Source, stop: watch::Receiver<bool>) {
     match source {
         Source::File(path) => {
-            let poll = FilePoll::new(&path);
-            match poll.content() {
-                Some(text) => {
-                    if let Err(e) = jwks.load(text) {
+            let watch = FileWatch::new([path.clone()]);
+            match std::fs::read(&path) {
+                Ok(text) => {
+                    if let Err(e) = jwks.load(&text) {
                         tracing::warn!(jwks = %jwks.description, error = %e, "JWK Set file unusable; waiting for a good one");
                     }
                 }
-                None => {
-                    tracing::warn!(jwks = %jwks.description, "JWK Set file unreadable; waiting for it")
+                Err(e) => {
+                    tracing::warn!(jwks = %jwks.description, error = %e, "JWK Set file unreadable; waiting for it")
                 }
             }
-            tokio::spawn(watch_file(jwks, poll, stop));
+            tokio::spawn(watch_file(jwks, path, watch, stop));
         }
         Source::Uri {
             uri,
@@ -330,13 +330,21 @@ pub fn start(jwks: Arc<Jwks>, source: Source, stop: watch::Receiver<bool>) {
     }
 }
 
-async fn watch_file(jwks: Arc<Jwks>, mut poll: FilePoll, mut stop: watch::Receiver<bool>) {
+async fn watch_file(
+    jwks: Arc<Jwks>,
+    path: std::path::PathBuf,
+    mut watch: FileWatch,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let text = tokio::select! {
-            t = poll.next_change() => t,
+        tokio::select! {
+            _ = watch.changed() => {}
             _ = stop.changed() => return,
-        };
-        if let Err(e) = jwks.load(&text) {
+        }
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| jwks.load(&text));
+        if let Err(e) = loaded {
             tracing::warn!(jwks = %jwks.description, error = %e, "JWK Set file changed but is unusable; the last good set stays");
         }
     }

@@ -6,7 +6,8 @@
 //!    (public routes too); then, unless the route says `jwt: false`, the
 //!    bearer token must verify: 401 `unauthenticated`, or 503 `no_jwks`
 //!    while no key set is in;
-//! 2. (coming: authorization);
+//! 2. **authorization** ([`authorization`]): the listener's rules, by the
+//!    peer's verified identity, path and method: 403 `forbidden`;
 //! 3. **the rate limit** ([`rate_limit`]): the route's own, else the
 //!    listener's: 429 `rate_limited` with `Retry-After` and the IETF
 //!    `RateLimit-Policy` / `RateLimit` fields.
@@ -15,6 +16,7 @@
 //! `claim:` key reads the token verified at 1. A passing request gets the
 //! forwarded claims set (and the token dropped with `forward_token: false`).
 
+pub mod authorization;
 pub mod jwks;
 pub mod jwt;
 pub mod rate_limit;
@@ -22,14 +24,15 @@ pub mod rate_limit;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, Request};
 use prometheus::IntCounter;
 
 use crate::config;
 use crate::error::{ErrorKind, ProxyError};
+use crate::listener::state::{ConnInfo, ListenerState};
 use crate::metrics::Metrics;
 use jwks::Jwks;
-use jwt::{AuthError, JwtAuth, Reason};
+use jwt::{AuthError, JwtAuth, Reason, Verified};
 use rate_limit::{KeySource, RateLimiter};
 
 /// A rate limit in force: its buckets and what a request's key is.
@@ -135,62 +138,125 @@ impl Admission {
     }
 
     /// Admit a request on route `route` (its id; `None`: not routed by a
-    /// route, e.g. passthrough) from `client`, or say why not. The headers
-    /// are fixed up on the way: forged claims out, verified claims in.
+    /// route, e.g. passthrough) from `client`: authentication, then the
+    /// rate limit, then the forwarded claims (authorization, which sits
+    /// between, is [`check`]'s).
     pub async fn admit(
         &self,
         route: Option<usize>,
         client: IpAddr,
         headers: &mut HeaderMap,
     ) -> Result<(), ProxyError> {
-        let rule = route.and_then(|i| self.routes.get(i));
-        let verified = match &self.jwt {
-            Some(auth) => {
-                auth.strip_forged(headers);
-                if rule.is_some_and(|r| r.public) {
-                    None
-                } else {
-                    Some(
-                        auth.authenticate(headers)
-                            .await
-                            .map_err(|e| refusal(auth, e))?,
-                    )
-                }
-            }
-            None => None,
+        let verified = self.authenticate(route, headers).await?;
+        self.rate_limit(route, client, headers, verified.as_deref())?;
+        self.forward(verified.as_deref(), headers);
+        Ok(())
+    }
+
+    /// Remove forged claim headers, then (unless the route is public)
+    /// verify the bearer token.
+    pub async fn authenticate(
+        &self,
+        route: Option<usize>,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Arc<Verified>>, ProxyError> {
+        let Some(auth) = &self.jwt else {
+            return Ok(None);
         };
-        if let Some(l) = rule.and_then(|r| r.limit.as_ref()).or(self.limit.as_ref()) {
-            let key = l.limiter.key(&l.key, client, headers, verified.as_deref());
-            if let Err(wait) = l.limiter.check(key) {
-                self.ratelimited.inc();
-                let what = format!(
-                    "over the rate limit of {} requests per second (burst {})",
-                    l.limiter.config.requests_per_second,
-                    l.limiter.config.burst()
-                );
-                return Err(ProxyError::new(ErrorKind::RateLimited, what)
-                    .with_retry_after(wait)
-                    .with_rate_limit(l.limiter.fields()));
-            }
+        auth.strip_forged(headers);
+        if self.rule(route).is_some_and(|r| r.public) {
+            return Ok(None);
         }
-        if let (Some(auth), Some(v)) = (&self.jwt, &verified) {
+        let verified = auth.authenticate(headers).await;
+        verified.map(Some).map_err(|e| refusal(auth, e))
+    }
+
+    /// Take a token from the request's bucket: the route's, else the listener's.
+    pub fn rate_limit(
+        &self,
+        route: Option<usize>,
+        client: IpAddr,
+        headers: &HeaderMap,
+        verified: Option<&Verified>,
+    ) -> Result<(), ProxyError> {
+        let rule = self.rule(route);
+        let Some(l) = rule.and_then(|r| r.limit.as_ref()).or(self.limit.as_ref()) else {
+            return Ok(());
+        };
+        let key = l.limiter.key(&l.key, client, headers, verified);
+        let Err(wait) = l.limiter.check(key) else {
+            return Ok(());
+        };
+        self.ratelimited.inc();
+        let what = format!(
+            "over the rate limit of {} requests per second (burst {})",
+            l.limiter.config.requests_per_second,
+            l.limiter.config.burst()
+        );
+        Err(ProxyError::new(ErrorKind::RateLimited, what)
+            .with_retry_after(wait)
+            .with_rate_limit(l.limiter.fields()))
+    }
+
+    /// Set the verified claims (and drop the token with `forward_token: false`).
+    pub fn forward(&self, verified: Option<&Verified>, headers: &mut HeaderMap) {
+        if let (Some(auth), Some(v)) = (&self.jwt, verified) {
             auth.forward(v, headers);
         }
-        Ok(())
+    }
+
+    fn rule(&self, route: Option<usize>) -> Option<&RouteRule> {
+        route.and_then(|i| self.routes.get(i))
     }
 }
 
-/// Step 3 of the request path: admit the request, when its listener has rules.
-pub async fn check(
-    admission: Option<&Admission>,
+/// Step 3 of the request path: may `req`, routed to route `route`, go on?
+/// Authentication, authorization, rate limit, in that order, so a denied
+/// request uses no rate budget; then the verified claims are forwarded.
+pub async fn check<B>(
+    state: &ListenerState,
+    conn: &ConnInfo,
     route: Option<usize>,
-    client: IpAddr,
-    headers: &mut HeaderMap,
+    req: &mut Request<B>,
 ) -> Result<(), ProxyError> {
-    match admission {
-        Some(a) => a.admit(route, client, headers).await,
-        None => Ok(()),
+    let admission = state.admission.as_deref();
+    let verified = match admission {
+        Some(a) => a.authenticate(route, req.headers_mut()).await?,
+        None => None,
+    };
+    authorize(state, conn, req)?;
+    if let Some(a) = admission {
+        a.rate_limit(route, conn.client.ip(), req.headers(), verified.as_deref())?;
+        a.forward(verified.as_deref(), req.headers_mut());
     }
+    Ok(())
+}
+
+/// The listener's authorization rules, when it has any.
+fn authorize<B>(
+    state: &ListenerState,
+    conn: &ConnInfo,
+    req: &Request<B>,
+) -> Result<(), ProxyError> {
+    if let Some(policy) = &state.authorization {
+        let verdict = policy.decide(conn.peer.as_ref(), req.uri().path(), req.method());
+        if !verdict.allowed {
+            state.metrics.authz_denied.inc();
+            let who = conn
+                .peer
+                .as_ref()
+                .map_or("a peer without a verified identity".to_owned(), |p| {
+                    p.to_string()
+                });
+            let why = match verdict.rule {
+                Some(i) => format!("authorization rule {i} denies"),
+                None => "no authorization rule allows".to_owned(),
+            };
+            let what = format!("{why} {} {} from {who}", req.method(), req.uri().path());
+            return Err(ProxyError::new(ErrorKind::Forbidden, what));
+        }
+    }
+    Ok(())
 }
 
 /// The scope of a route's rate limit: its virtual host and its name or place.

@@ -7,7 +7,7 @@
 //! the config when asked, and drains on shutdown.
 
 mod reload;
-mod snapshot;
+pub(crate) mod snapshot;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,9 +25,8 @@ use tokio::time::Instant;
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, Direction};
-use crate::listener;
+use crate::listener::{self, state::ListenerState};
 use crate::metrics::Metrics;
-use crate::proxy::ListenerState;
 use snapshot::Snapshot;
 
 /// How long `/ready` waits for every cluster's first discovery answer, unless configured.

@@ -1,8 +1,8 @@
 //! Hot reload: the config file is re-read when it changes and on SIGHUP.
 //!
-//! The file is polled ([`FilePoll`]), not watched by inode: a Kubernetes
-//! ConfigMap volume replaces the file by swapping a `..data` symlink, which
-//! inode watches miss.
+//! The file is polled by content ([`crate::file_watch`]), not watched by
+//! inode: a Kubernetes ConfigMap volume replaces the file by swapping a
+//! `..data` symlink, which inode watches miss.
 //!
 //! A new config is validated and built next to the running one; new
 //! listener sockets are bound first, so a config that cannot be applied
@@ -18,12 +18,13 @@ use super::{bind_listener, start_listener, Running};
 use crate::access_log::AccessLog;
 use crate::admin::AdminState;
 use crate::config;
-use crate::file_poll::{FilePoll, POLL};
+use crate::file_watch::FileWatch;
 use crate::metrics::Metrics;
 
 /// Says when to reload: the file's content changed, or SIGHUP came.
 pub struct Trigger {
-    file: Option<FilePoll>,
+    path: Option<PathBuf>,
+    watch: FileWatch,
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -31,7 +32,8 @@ pub struct Trigger {
 impl Trigger {
     pub fn new(path: Option<&Path>) -> Self {
         Trigger {
-            file: path.map(FilePoll::new),
+            watch: FileWatch::new(path.map(Path::to_path_buf)),
+            path: path.map(Path::to_path_buf),
             #[cfg(unix)]
             hangup: path.and_then(|_| {
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
@@ -41,34 +43,32 @@ impl Trigger {
 
     /// The path to reload from, when it is time; pending forever without a path.
     pub async fn next(&mut self) -> Option<PathBuf> {
-        let path = self.file.as_ref()?.path().to_path_buf();
-        loop {
-            #[cfg(unix)]
-            {
-                let hangup = async {
-                    match &mut self.hangup {
-                        Some(s) => s.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = hangup => {
-                        tracing::info!(config = %path.display(), "SIGHUP: reloading");
-                        if let Some(f) = &mut self.file {
-                            f.reread();
-                        }
-                        return Some(path);
-                    }
-                    _ = tokio::time::sleep(POLL) => {}
+        let path = self.path.clone()?;
+        #[cfg(unix)]
+        {
+            let (signal, watch) = (&mut self.hangup, &mut self.watch);
+            let hangup = async {
+                match signal {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = hangup => {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading");
+                    watch.mark_seen();
+                }
+                _ = watch.changed() => {
+                    tracing::info!(config = %path.display(), "config file changed: reloading");
                 }
             }
-            #[cfg(not(unix))]
-            tokio::time::sleep(POLL).await;
-            if self.file.as_mut().and_then(FilePoll::changed).is_some() {
-                tracing::info!(config = %path.display(), "config file changed: reloading");
-                return Some(path);
-            }
         }
+        #[cfg(not(unix))]
+        {
+            self.watch.changed().await;
+            tracing::info!(config = %path.display(), "config file changed: reloading");
+        }
+        Some(path)
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::BuildError;
 use crate::access_log::AccessLog;
+use crate::admission::authorization::Policy;
 use crate::admission::jwks::{self, Jwks};
 use crate::admission::rate_limit::RateLimiter;
 use crate::admission::Admission;
@@ -17,9 +18,9 @@ use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
+use crate::listener::state::{ListenerState, Target};
 use crate::listener::{self, Serving};
 use crate::metrics::Metrics;
-use crate::proxy::{ListenerState, Target};
 use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
 
@@ -255,6 +256,7 @@ fn listener_state(
         metrics: metrics.listener(&l.name),
         unrouted: Arc::new(metrics.route(&l.name, "")),
         access_log: access_log.clone(),
+        authorization: l.authorization.as_deref().map(Policy::from_config),
         max_header_bytes: l.limits.max_header_bytes,
         stream_idle_timeout: l.limits.stream_idle_timeout.get(),
         serving: Arc::new(Serving {

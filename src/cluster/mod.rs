@@ -24,7 +24,7 @@ use crate::metrics::{ClusterMetrics, Metrics};
 use crate::resilience::breaker::Limits;
 use crate::resilience::median::Median;
 use crate::resilience::outlier::OutlierDetection;
-use crate::upstream::PoolConfig;
+use crate::upstream::{Connector, PoolConfig};
 use balance::Balancer;
 pub use endpoint::{Endpoint, EwmaSettings, InFlight};
 
@@ -73,6 +73,7 @@ impl Cluster {
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint,
             limits: limits.clone(),
+            connector: Connector::tcp(),
         };
         let ewma = c
             .peak_ewma

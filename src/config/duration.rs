@@ -134,4 +134,40 @@ mod tests {
             assert_eq!(d.to_string(), s);
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Any text: a duration or an error naming the input, never a panic.
+            #[test]
+            fn any_text_is_judged(s in any::<String>()) {
+                if let Err(e) = parse_duration(&s) {
+                    prop_assert_eq!(e.input, s);
+                }
+            }
+
+            /// Digits, a dot and the units in any order.
+            #[test]
+            fn duration_like_text_is_judged(s in "[0-9.]{0,25}(us|µs|ms|s|m|h|x)?") {
+                let _ = parse_duration(&s);
+            }
+
+            /// Bound: what is displayed reads back as the same duration.
+            #[test]
+            fn display_round_trips(micros in 0u64..(10_000 * 3_600_000_000)) {
+                let d = Dur(Duration::from_micros(micros));
+                prop_assert_eq!(parse_duration(&d.to_string()), Ok(d.get()), "{}", d);
+            }
+
+            #[test]
+            fn whole_numbers_of_each_unit(n in 0u64..1_000_000, unit in prop::sample::select(vec![("us", 1_000u64), ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)])) {
+                let (name, nanos) = unit;
+                prop_assert_eq!(parse_duration(&format!("{n}{name}")), Ok(Duration::from_nanos(n * nanos)));
+            }
+        }
+    }
 }

@@ -22,6 +22,8 @@ pub mod env;
 pub mod model;
 mod parse;
 pub mod positions;
+#[cfg(test)]
+mod props;
 mod validate;
 mod wording;
 
@@ -138,8 +140,23 @@ pub fn load_str_with_env(
         Ok(root) => root,
         Err(e) => return Err(syntax_errors(&e, origin, &expanded)),
     };
-    // The text parsed, so the index builds too; an empty index only costs positions.
-    let index = PositionIndex::build(&expanded.text).unwrap_or_default();
+    // Every error needs a position, so the text must be YAML the position
+    // index reads too. It is the stricter parser: libyaml lets through
+    // text the YAML spec refuses (a flow collection continued at column 1,
+    // a `?` key with no space after it), which would leave every error of
+    // the file without a line.
+    let index = match PositionIndex::build(&expanded.text) {
+        Ok(index) => index,
+        Err((pos, message)) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: origin.to_string(),
+                line: Some(pos.line),
+                column: Some(expanded.original_column(pos.line, pos.column)),
+                path: String::new(),
+                message: format!("YAML syntax error: {message}"),
+            }]))
+        }
+    };
     let at = Locator {
         file: origin,
         index: &index,
@@ -258,14 +275,31 @@ fn syntax_errors(e: &serde_yaml::Error, origin: &str, expanded: &Expanded) -> Co
             }
         }
     }
-    let pos = e.location().map(|l| Pos {
-        line: l.line(),
-        column: l.column(),
-    });
+    // serde_yaml gives some errors (a second document, say) no location:
+    // the index parser's, or else where the document starts.
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            column: l.column(),
+        })
+        .or_else(|| PositionIndex::build(&expanded.text).err().map(|(p, _)| p))
+        .or_else(|| document_start(&expanded.text));
     let mut message = e.to_string();
     if let Some(p) = pos {
         // The position is printed in front already; keep only the rest.
         message = message.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
     }
     ConfigErrors(vec![at(pos, "", format!("YAML syntax error: {message}"))])
+}
+
+/// The first character of the first line that is not blank or a comment.
+fn document_start(text: &str) -> Option<Pos> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let trimmed = l.trim_start();
+        (!trimmed.is_empty() && !trimmed.starts_with('#')).then(|| Pos {
+            line: i + 1,
+            column: l.chars().count() - trimmed.chars().count() + 1,
+        })
+    })
 }

@@ -42,8 +42,14 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// `ip:port` of the admin server, e.g. `127.0.0.1:15000`.
+    /// `ip:port` of the admin server, e.g. `127.0.0.1:15000`. Loopback
+    /// unless `allow_remote` is set.
     pub address: String,
+    /// Let the admin server bind an address other than loopback (kubelet
+    /// probes and Prometheus from outside the pod). Anyone who reaches it can
+    /// drain or stop the proxy and read its config. Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -157,7 +163,8 @@ pub struct Listener {
     /// Not supported yet.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// Not supported yet.
+    /// Who may call what: the first rule that matches decides; when rules
+    /// exist and none matches, the request is denied (403).
     #[serde(default)]
     pub authorization: Option<Vec<AuthorizationRule>>,
     /// Every request must carry a valid JWT (`Authorization: Bearer`),
@@ -205,6 +212,19 @@ pub struct ListenerLimits {
     /// HTTP/2 keep-alive PING interval toward clients. Default 30s.
     #[serde(default = "default_keepalive_interval")]
     pub keepalive_interval: Dur,
+    /// HTTP/2 control frames (WINDOW_UPDATE, PING, SETTINGS, PRIORITY,
+    /// RST_STREAM, ...) a client may send per stream it opens, and once for
+    /// the connection; past the cap it gets GOAWAY ENHANCE_YOUR_CALM. Default 100.
+    #[serde(default = "default_max_control_frames_per_stream")]
+    pub max_control_frames_per_stream: u32,
+    /// HTTP/2 control frames a client may send per DATA frame (with a
+    /// payload) sent either way. Default 10.
+    #[serde(default = "default_max_control_frames_per_data_frame")]
+    pub max_control_frames_per_data_frame: u32,
+    /// An HTTP/2 client connection whose writes make no progress for this
+    /// long (the client does not read) is closed. Default 30s.
+    #[serde(default = "default_write_stall_timeout")]
+    pub write_stall_timeout: Dur,
 }
 
 impl Default for ListenerLimits {
@@ -219,6 +239,9 @@ impl Default for ListenerLimits {
             detect_timeout: default_detect_timeout(),
             connection_idle_timeout: default_connection_idle_timeout(),
             keepalive_interval: default_keepalive_interval(),
+            max_control_frames_per_stream: default_max_control_frames_per_stream(),
+            max_control_frames_per_data_frame: default_max_control_frames_per_data_frame(),
+            write_stall_timeout: default_write_stall_timeout(),
         }
     }
 }
@@ -581,19 +604,34 @@ pub struct ClusterTls {
     pub ca: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// One authorization rule: `allow` or `deny` (exactly one) and what it matches.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRule {
-    pub allow: AuthorizationAllow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<AuthorizationMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<AuthorizationMatch>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// What a rule matches; every condition given must hold, an absent one
+/// matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AuthorizationAllow {
-    #[serde(default)]
+pub struct AuthorizationMatch {
+    /// Verified peer identities (SPIFFE IDs): exact, a prefix ending in `*`,
+    /// or `*` for any verified identity. Never matches a plaintext peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<String>,
-    #[serde(default)]
+    /// Match peers without a verified identity (plaintext).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+    /// Request paths: exact, or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// HTTP methods (gRPC calls are POST).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
 }
 
 /// JWT validation of a listener's requests (docs/config.md, `jwt`).
@@ -780,6 +818,15 @@ fn default_stream_idle_timeout() -> Dur {
     Dur::from_secs(300)
 }
 fn default_keepalive_interval() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_max_control_frames_per_stream() -> u32 {
+    100
+}
+fn default_max_control_frames_per_data_frame() -> u32 {
+    10
+}
+fn default_write_stall_timeout() -> Dur {
     Dur::from_secs(30)
 }
 fn default_ewma_decay() -> Dur {

@@ -88,6 +88,7 @@ const DURATION_KEYS: &[&str] = &[
     "per_try_timeout",
     "header_read_timeout",
     "keepalive_interval",
+    "write_stall_timeout",
     "idle_timeout",
     "refresh",
     "interval",

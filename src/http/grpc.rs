@@ -138,4 +138,56 @@ mod tests {
         assert_eq!(percent_encode("a b%c"), "a%20b%25c");
         assert_eq!(percent_encode("ü"), "%C3%BC");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The unit of an encoded value, in nanoseconds.
+        fn unit_of(v: &HeaderValue) -> u128 {
+            match v.as_bytes().last() {
+                Some(b'n') => 1,
+                Some(b'u') => 1_000,
+                Some(b'm') => 1_000_000,
+                Some(b'S') => 1_000_000_000,
+                Some(b'M') => 60_000_000_000,
+                _ => 3_600_000_000_000,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Bound: never more time than given, and less only by what
+            /// the unit cannot show; the value is one grpc-timeout accepts.
+            #[test]
+            fn encoding_never_gives_more_time(secs in 0u64..(400_000_000 * 3600), nanos in 0u32..1_000_000_000) {
+                let d = Duration::new(secs, nanos);
+                let v = encode_timeout(d);
+                let back = parse_timeout(v.as_bytes());
+                prop_assert!(back.is_some(), "{v:?} does not parse");
+                let back = back.unwrap_or_default();
+                prop_assert!(back <= d, "{d:?} became {back:?} ({v:?})");
+                if d <= Duration::from_secs(99_999_999 * 3600) {
+                    prop_assert!(d.as_nanos() - back.as_nanos() < unit_of(&v), "{d:?} -> {v:?}");
+                }
+            }
+
+            /// Any bytes: an answer, never a panic; what parses encodes back
+            /// to the same time.
+            #[test]
+            fn any_value_is_judged(value in prop::collection::vec(any::<u8>(), 0..12)) {
+                if let Some(d) = parse_timeout(&value) {
+                    prop_assert_eq!(parse_timeout(encode_timeout(d).as_bytes()), Some(d));
+                }
+            }
+
+            #[test]
+            fn well_formed_values_parse(n in 0u64..100_000_000, unit in prop::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n'])) {
+                let d = parse_timeout(format!("{n}{unit}").as_bytes());
+                prop_assert!(d.is_some());
+                prop_assert_eq!(parse_timeout(encode_timeout(d.unwrap_or_default()).as_bytes()), d);
+            }
+        }
+    }
 }

@@ -4,9 +4,16 @@
 //! The identity is what the access log, authorization and the headers to
 //! the app read of a connection's peer; it is set on a connection only when a
 //! handshake verified it, never taken from anything the peer sent in clear.
+//!
+//! [`store`] holds this workload's own credentials: its SVID and the trust
+//! bundle, re-read when the files change.
 
 use std::fmt;
 use std::sync::Arc;
+
+pub mod store;
+
+pub use store::{CertsView, CredentialPaths, CredentialStore, Credentials};
 
 /// A verified peer identity: a SPIFFE ID.
 ///

@@ -2,9 +2,10 @@
 //! it speaks HTTP, and hand those bytes back in front of the stream.
 //!
 //! A client-first protocol shows itself at once (the HTTP/2 preface, an
-//! HTTP/1 method). A server-first protocol (MySQL, SMTP, …) sends nothing
-//! until the server greets it, so detection ends on a short timeout and the
-//! connection is treated as opaque TCP; `opaque_ports` skip the wait.
+//! HTTP/1 method, the record that carries a TLS ClientHello). A server-first
+//! protocol (MySQL, SMTP, …) sends nothing until the server greets it, so
+//! detection ends on a short timeout and the connection is treated as opaque
+//! TCP; `opaque_ports` skip the wait.
 
 use std::io;
 use std::pin::Pin;
@@ -18,9 +19,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Enough for any HTTP method token and the space after it.
 const MAX_METHOD: usize = 24;
 
+/// ContentType `handshake` (RFC 8446 §5.1), the record a ClientHello comes in.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The largest plaintext record (RFC 8446 §5.1: 2^14 bytes).
+const TLS_MAX_RECORD: u16 = 1 << 14;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
     Http,
+    /// A TLS handshake record: a client opening TLS (a ClientHello).
+    Tls,
     Opaque,
 }
 
@@ -28,6 +36,9 @@ pub enum Detected {
 pub fn classify(bytes: &[u8]) -> Option<Detected> {
     if bytes.is_empty() {
         return None;
+    }
+    if bytes[0] == TLS_HANDSHAKE {
+        return classify_tls(bytes);
     }
     let n = bytes.len().min(H2_PREFACE.len());
     if bytes[..n] == H2_PREFACE[..n] {
@@ -42,6 +53,32 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
         }
     }
     (bytes.len() >= MAX_METHOD).then_some(Detected::Opaque)
+}
+
+/// Whether the first bytes are the header of a record that opens TLS
+/// (RFC 8446 §5.1, RFC 5246 §6.2.1): content type `handshake` (0x16), a
+/// legacy record version of 0x0301 to 0x0304 (a ClientHello says 0x0301 or
+/// 0x0303 there; SSL 3.0's 0x0300 is not taken), and a length that is not 0
+/// (a handshake fragment is never empty) nor above 2^14. Undecided (`None`)
+/// until the five header bytes are in, unless those in rule TLS out.
+fn classify_tls(bytes: &[u8]) -> Option<Detected> {
+    let version = match bytes {
+        [_, major, minor, ..] => *major == 0x03 && (0x01..=0x04).contains(minor),
+        [_, major] => *major == 0x03,
+        _ => true,
+    };
+    if !version {
+        return Some(Detected::Opaque);
+    }
+    let [_, _, _, hi, lo, ..] = *bytes else {
+        return None;
+    };
+    let len = u16::from_be_bytes([hi, lo]);
+    Some(if (1..=TLS_MAX_RECORD).contains(&len) {
+        Detected::Tls
+    } else {
+        Detected::Opaque
+    })
 }
 
 /// Read until the protocol is known or `timeout` passes (then: opaque).
@@ -163,7 +200,7 @@ mod tests {
         assert_eq!(classify(&H2_PREFACE[..10]), None);
         assert_eq!(
             classify(b"\x16\x03\x01\x02\x00"),
-            Some(Detected::Opaque),
+            Some(Detected::Tls),
             "TLS"
         );
         assert_eq!(classify(b"\x00\x00\x00\x01"), Some(Detected::Opaque));
@@ -172,6 +209,62 @@ mod tests {
             Some(Detected::Opaque)
         );
         assert_eq!(classify(b""), None);
+    }
+
+    /// The first bytes of a real ClientHello (TLS 1.3 from a current
+    /// client): record header, then handshake type 1 and its length.
+    const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+
+    #[test]
+    fn tells_a_tls_client_hello() {
+        assert_eq!(classify(CLIENT_HELLO), Some(Detected::Tls));
+        // Legacy record versions from TLS 1.0 to 1.3.
+        for minor in 1..=4u8 {
+            let header = [0x16, 0x03, minor, 0x00, 0x30];
+            assert_eq!(classify(&header), Some(Detected::Tls), "0x03{minor:02x}");
+        }
+        // The largest record there can be.
+        assert_eq!(classify(b"\x16\x03\x03\x40\x00"), Some(Detected::Tls));
+    }
+
+    #[test]
+    fn waits_for_the_whole_tls_record_header() {
+        for n in 1..5 {
+            assert_eq!(classify(&CLIENT_HELLO[..n]), None, "{n} bytes");
+        }
+        assert_eq!(classify(&CLIENT_HELLO[..5]), Some(Detected::Tls));
+    }
+
+    #[test]
+    fn what_only_starts_like_tls_is_opaque() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"\x16\x02", "major version not 3"),
+            (b"\x16\x03\x00", "SSL 3.0"),
+            (b"\x16\x03\x05", "no such version"),
+            (b"\x16\x03\x01\x00\x00", "an empty record"),
+            (b"\x16\x03\x01\x40\x01", "a record over 2^14 bytes"),
+            (b"\x17\x03\x03\x00\x20", "application data, not a handshake"),
+            (b"\x15\x03\x03\x00\x02", "an alert"),
+        ];
+        for (bytes, why) in cases {
+            assert_eq!(classify(bytes), Some(Detected::Opaque), "{why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn detects_a_client_hello_sent_in_pieces() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let detected =
+            tokio::spawn(async move { detect(&mut server, Duration::from_secs(5)).await.unwrap() });
+        client.write_all(&CLIENT_HELLO[..2]).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(&CLIENT_HELLO[2..]).await.unwrap();
+        let (d, read) = detected.await.unwrap();
+        assert_eq!(d, Detected::Tls);
+        assert!(CLIENT_HELLO.starts_with(&read), "the bytes read go back");
+        assert!(read.len() >= 5);
     }
 
     #[tokio::test]

@@ -26,6 +26,8 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use super::flood;
+use super::state::ClientFault;
 use crate::http::body::{BodyError, ObservedBody};
 use crate::http::pipe;
 
@@ -43,6 +45,8 @@ pub struct Settings {
     pub keepalive_interval: Duration,
     /// Time the client has to send its connection preface.
     pub handshake_timeout: Duration,
+    /// Control-frame cap and write-stall bound (`flood.rs`).
+    pub flood: flood::Limits,
 }
 
 /// Why a connection ended other than by an orderly close.
@@ -54,11 +58,16 @@ pub enum ConnError {
     HandshakeTimeout(Duration),
     #[error("no PING answer within {0:?}")]
     KeepaliveTimeout(Duration),
+    #[error("closed with GOAWAY ENHANCE_YOUR_CALM: {0}")]
+    Flood(flood::Flood),
 }
 
 /// Serve HTTP/2 on `io` until the client closes, `shutdown` resolves and
 /// the streams in flight finish (GOAWAY first), or the connection fails.
-/// `handle` turns each request into its response.
+/// `handle` turns each request into its response. A client past its
+/// control-frame cap gets GOAWAY ENHANCE_YOUR_CALM and nothing more; a
+/// client that does not read is closed after `write_stall_timeout`
+/// (`flood.rs`).
 pub async fn serve<T, H, F>(
     io: T,
     settings: &Settings,
@@ -71,6 +80,7 @@ where
     F: Future<Output = Response<ObservedBody>>,
 {
     let mut shutdown = pin!(shutdown);
+    let (io, alarm) = flood::Guard::new(io, &settings.flood);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(settings.initial_stream_window)
@@ -89,7 +99,8 @@ where
     let rerun = Arc::new(Rerun::default());
     let rerun_waker = Waker::from(rerun.clone());
     let mut shutting_down = false;
-    poll_fn(|cx| {
+    let mut calmed = false;
+    let served = poll_fn(|cx| {
         if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
             shutting_down = true;
             conn.graceful_shutdown();
@@ -102,11 +113,19 @@ where
         // streams want another turn.
         let mut first = true;
         for _ in 0..MAX_ROUNDS {
+            if !calmed && alarm.tripped() {
+                // The guard reads nothing more; h2 writes the GOAWAY and closes.
+                calmed = true;
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            }
             let mut accepted = false;
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        streams.push(respond_to(handle(req), respond));
+                        let fault = ClientFault::default();
+                        let mut req = req;
+                        req.extensions_mut().insert(fault.clone());
+                        streams.push(respond_to(handle(req), respond, fault));
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
@@ -114,6 +133,9 @@ where
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
                 }
+            }
+            if !calmed && alarm.tripped() {
+                continue;
             }
             let again = rerun.woken.swap(false, Ordering::AcqRel);
             if !first && !accepted && !again {
@@ -127,7 +149,11 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     })
-    .await
+    .await;
+    match alarm.flood() {
+        Some(flood) => Err(ConnError::Flood(flood)),
+        None => served,
+    }
 }
 
 /// Rounds of streams and connection in one poll of the connection's task.
@@ -158,7 +184,7 @@ impl Wake for Rerun {
 /// One stream: wait for the proxied response (dropping the work if the
 /// client resets the stream meanwhile), then send it. A panic in the
 /// proxying resets this stream and leaves the connection's others alone.
-async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>)
+async fn respond_to<F>(handled: F, mut respond: SendResponse<Bytes>, fault: ClientFault)
 where
     F: Future<Output = Response<ObservedBody>>,
 {
@@ -167,7 +193,14 @@ where
         let mut handled = CatchUnwind(pin!(handled));
         poll_fn(|cx| match Pin::new(&mut handled).poll(cx) {
             Poll::Ready(Ok(resp)) => Poll::Ready(Some(resp)),
-            Poll::Pending => respond.poll_reset(cx).map(|_| None),
+            Poll::Pending => respond.poll_reset(cx).map(|reason| {
+                // h2 resets a stream PROTOCOL_ERROR for the client's own
+                // violation (DATA past its content-length, say).
+                if matches!(reason, Ok(Reason::PROTOCOL_ERROR)) {
+                    fault.set();
+                }
+                None
+            }),
             Poll::Ready(Err(())) => {
                 tracing::error!("a request's handling panicked; resetting its stream");
                 respond.send_reset(Reason::INTERNAL_ERROR);

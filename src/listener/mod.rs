@@ -6,12 +6,22 @@
 //! stops accepting and every connection is asked to finish gracefully
 //! (GOAWAY for HTTP/2, `Connection: close` after the current response for
 //! HTTP/1.1); so is a connection idle for `connection_idle_timeout`.
+//!
+//! Each connection's task runs in a `conn{listener, client, orig_dst, peer}`
+//! span and each request in a `req{method, authority, path, request_id}`
+//! span inside it, so every line logged about them says which they are.
+//! Both are at debug level: at the default `info` they are disabled spans,
+//! and none of their fields is read or formatted.
 
 pub mod activity;
 pub mod detect;
+pub mod flood;
 pub mod h2;
 pub mod original_dst;
+pub mod state;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,17 +35,22 @@ use activity::Activity;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use detect::Detected;
+use state::{ConnInfo, ListenerState};
 
+use http::header::HOST;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
 use crate::http::body::ProxyBody;
-use crate::proxy::{self, ConnInfo, ListenerState};
+use crate::http::headers;
+use crate::proxy;
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -68,6 +83,11 @@ pub fn h2_settings(limits: &ListenerLimits) -> h2::Settings {
         max_header_list_size: hyper_head_limit(limits.max_header_bytes),
         keepalive_interval: limits.keepalive_interval.get(),
         handshake_timeout: limits.header_read_timeout.get(),
+        flood: flood::Limits {
+            per_stream: limits.max_control_frames_per_stream,
+            per_data_frame: limits.max_control_frames_per_data_frame,
+            write_stall_timeout: limits.write_stall_timeout.get(),
+        },
     }
 }
 
@@ -130,13 +150,20 @@ pub async fn serve(
         } else {
             None
         };
-        let conn = ConnInfo { client, orig_dst };
-        let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
-        tokio::spawn(async move {
-            // Counted until the task ends, even by a panic.
-            let _open = OpenConnection::new(open, current.clone());
-            serve_connection(stream, conn, &serving, &current.name, state, stop).await;
+        // Shared by the connection's requests: one allocation per connection.
+        let conn = Arc::new(ConnInfo {
+            client,
+            orig_dst,
+            peer: None,
         });
+        let span = connection_span(&current.name, &conn);
+        let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
+        let task = async move {
+            // Counted until the task ends, even by a panic.
+            let _open = OpenConnection::new(open, current);
+            serve_connection(stream, conn, &serving, state, stop).await;
+        };
+        tokio::spawn(task.instrument(span));
     }
 }
 
@@ -163,35 +190,36 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     mut stream: TcpStream,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Some(dst) = conn.orig_dst {
         if serving.opaque_ports.contains(&dst.port()) {
-            return tcp::forward(stream, dst, serving.connect_timeout, name).await;
+            return tcp::forward(stream, dst, serving.connect_timeout).await;
         }
     }
     let mut prefix = Bytes::new();
     if serving.transparent || serving.passthrough {
         match detect::detect(&mut stream, serving.detect_timeout).await {
             Ok((Detected::Http, read)) => prefix = read,
-            Ok((Detected::Opaque, read)) => {
+            // TLS the app does itself, for now: the listener terminates no
+            // TLS yet, so a ClientHello goes where any other opaque stream goes.
+            Ok((detected @ (Detected::Opaque | Detected::Tls), read)) => {
                 match (serving.passthrough, conn.orig_dst) {
                     (true, Some(dst)) => {
                         let stream = detect::Rewind::new(read, stream);
-                        tcp::forward(stream, dst, serving.connect_timeout, name).await;
+                        tcp::forward(stream, dst, serving.connect_timeout).await;
                     }
                     _ => {
-                        tracing::debug!(listener = %name, client = %conn.client, "not HTTP and no passthrough: closing")
+                        tracing::debug!(?detected, "not HTTP and no passthrough: closing")
                     }
                 }
                 return;
             }
             Err(e) => {
-                tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                tracing::debug!(error = %e, "reading the first bytes failed");
                 return;
             }
         }
@@ -207,7 +235,7 @@ async fn serve_connection(
                     h2
                 }
                 Err(e) => {
-                    tracing::debug!(listener = %name, client = %conn.client, error = %e, "reading the first bytes failed");
+                    tracing::debug!(error = %e, "reading the first bytes failed");
                     return;
                 }
             }
@@ -223,61 +251,71 @@ async fn serve_connection(
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = idle(&activity, idle_limit) => {
-                    tracing::debug!(listener = %name, client = %conn.client, "closing an idle connection");
+                    tracing::debug!("closing an idle connection");
                 }
             }
         }
     };
     if h2 {
-        serve_h2(stream, conn, serving, name, state, &activity, shutdown).await
+        serve_h2(stream, conn, serving, state, &activity, shutdown).await
     } else {
-        serve_http1(stream, conn, serving, name, state, &activity, shutdown).await
+        serve_http1(stream, conn, serving, state, &activity, shutdown).await
     }
 }
 
-/// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's task.
-async fn serve_h2(
-    stream: detect::Rewind<TcpStream>,
-    conn: ConnInfo,
+/// HTTP/2 on h2 (`h2.rs`), each request proxied inside the connection's
+/// task. `stream` is any byte stream: TCP with the bytes detection read put
+/// back, or a TLS stream over it.
+async fn serve_h2<S>(
+    stream: S,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
-) {
-    let handle = |req: http::Request<::h2::RecvStream>| {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let handle = |mut req: http::Request<::h2::RecvStream>| {
         // Each request sees the config snapshot current when it arrives.
         let current = state.load_full();
+        headers::ensure_request_id(req.headers_mut());
+        let span = request_span(&req);
         let req = req.map(|body| ProxyBody::h2(body, None));
         // Boxed: the request's future is several KiB, and the connection's
         // set of streams would move it once more.
-        Box::pin(proxy::handle(current, conn, activity.request(), req))
+        Box::pin(proxy::handle(current, conn.clone(), activity.request(), req).instrument(span))
     };
     let (io, flusher) = coalesce::coalesce(stream);
     let served = h2::serve(io, &serving.h2, handle, shutdown);
     if let Err(e) = Flushing::new(Box::pin(served), flusher).await {
-        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// HTTP/1.1 on hyper. hyper writes each response head and body in one
-/// vectored write already, so the socket is not wrapped in `coalesce`.
-async fn serve_http1(
-    stream: detect::Rewind<TcpStream>,
-    conn: ConnInfo,
+/// HTTP/1.1 on hyper, on any byte stream (as `serve_h2`). hyper writes each
+/// response head and body in one vectored write already, so the stream is
+/// not wrapped in `coalesce`.
+async fn serve_http1<S>(
+    stream: S,
+    conn: Arc<ConnInfo>,
     serving: &Serving,
-    name: &str,
     state: Arc<ArcSwap<ListenerState>>,
     activity: &Arc<Activity>,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let requests = state.clone();
     let busy = activity.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         // Each request sees the config snapshot current when it arrives.
         let current = requests.load_full();
+        headers::ensure_request_id(req.headers_mut());
+        let span = request_span(&req);
         let req = req.map(ProxyBody::hyper);
-        let handled = Box::pin(proxy::handle(current, conn, busy.request(), req));
+        let handled = proxy::handle(current, conn.clone(), busy.request(), req).instrument(span);
+        let handled = Box::pin(handled);
         async move { Ok::<_, Infallible>(handled.await) }
     });
     let mut http = pin!(serving
@@ -291,7 +329,7 @@ async fn serve_http1(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(listener = %name, client = %conn.client, error = %e, "connection ended with an error");
+        tracing::debug!(error = %e, "connection ended with an error");
         // hyper answered a request head it could not parse with a bare 400;
         // count it with the proxy's other bad requests.
         if e.is_parse() || e.is_parse_too_large() {
@@ -301,6 +339,40 @@ async fn serve_http1(
                 .proxy_error(crate::error::ErrorKind::BadRequest);
         }
     }
+}
+
+/// The span a connection's task runs in: every line logged about the
+/// connection carries these fields. While its level is off this is a
+/// disabled span: none of the fields is read, formatted or stored.
+pub fn connection_span(listener: &str, conn: &ConnInfo) -> tracing::Span {
+    tracing::debug_span!(
+        "conn",
+        listener = %listener,
+        client = %conn.client,
+        orig_dst = conn.orig_dst.map(tracing::field::display),
+        peer = conn.peer.as_ref().map(tracing::field::display),
+    )
+}
+
+/// The span a request's handling runs in (its request id already set).
+/// Disabled, at no more cost than a level check, while its level is off.
+pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "req",
+        method = %req.method(),
+        authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+            .map(tracing::field::display),
+        path = %req.uri().path(),
+        request_id = req
+            .headers()
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(tracing::field::display),
+    )
 }
 
 /// Resolves once the connection has had no request in flight for `limit`.

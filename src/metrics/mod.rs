@@ -38,6 +38,7 @@ pub struct Metrics {
     overflow: IntCounterVec,
     authn_denied: IntCounterVec,
     ratelimited: IntCounterVec,
+    authz_denied: IntCounterVec,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -132,6 +133,11 @@ impl Metrics {
             "Requests refused by a rate limit.",
             &["listener"],
         )?;
+        let authz_denied = counter(
+            "skiff_authz_denied_total",
+            "Requests denied by the listener's authorization policy (403).",
+            &["listener"],
+        )?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -162,6 +168,7 @@ impl Metrics {
             overflow,
             authn_denied,
             ratelimited,
+            authz_denied,
             reloads_success,
             reloads_failure,
         })
@@ -171,6 +178,7 @@ impl Metrics {
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[listener]),
+            authz_denied: self.authz_denied.with_label_values(&[listener]),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| {
@@ -241,6 +249,8 @@ impl Metrics {
 
 pub struct ListenerMetrics {
     pub connections_active: IntGauge,
+    /// `skiff_authz_denied_total`.
+    pub authz_denied: IntCounter,
     errors: Vec<(ErrorKind, IntCounter)>,
 }
 

@@ -131,6 +131,7 @@ fn outcome_of(e: &UpstreamError) -> Outcome {
         UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
             Outcome::ConnectFailure
         }
+        UpstreamError::Handshake { .. } => Outcome::ConnectFailure,
         UpstreamError::Refused { .. } => Outcome::Refused,
         UpstreamError::Reset { .. }
         | UpstreamError::Overflow { .. }

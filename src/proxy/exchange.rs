@@ -10,15 +10,16 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response, Version};
 use tokio::time::Instant;
 
-use super::{ListenerState, Target};
 use crate::access_log::Entry;
 use crate::cluster::InFlight;
-use crate::error::{self, ProxyError};
+use crate::error::{self, ErrorKind, ProxyError};
 use crate::http::body::{
     Expiry, IdleTimer, ObservedBody, OnStreamEnd, ProxyBody, StreamEnd, StreamOutcome,
 };
 use crate::http::{grpc, headers};
+use crate::identity::Identity;
 use crate::listener::activity::RequestGuard;
+use crate::listener::state::{ClientFault, ConnInfo, ListenerState, Target};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
@@ -47,11 +48,15 @@ pub(super) struct Exchange {
     handed_over: bool,
     /// Keeps the downstream connection counted busy until the stream ends.
     _busy: RequestGuard,
+    /// Set when the downstream server reset the stream for the client's
+    /// protocol error.
+    fault: Option<ClientFault>,
 }
 
 /// What the access log needs beyond the metrics; only kept when it is on.
 struct LogFields {
     version: Version,
+    peer: Option<Identity>,
     method: http::Method,
     path: String,
     request_id: HeaderValue,
@@ -60,10 +65,11 @@ struct LogFields {
 impl Exchange {
     pub(super) fn new<B>(
         state: Arc<ListenerState>,
-        client: SocketAddr,
+        conn: &ConnInfo,
         busy: RequestGuard,
         req: &Request<B>,
     ) -> Self {
+        let client = conn.client;
         let authority = req
             .uri()
             .authority()
@@ -77,6 +83,7 @@ impl Exchange {
             .filter(|a| !a.is_empty());
         let log = state.access_log.is_some().then(|| LogFields {
             version: req.version(),
+            peer: conn.peer.clone(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             request_id: req
@@ -102,12 +109,13 @@ impl Exchange {
             log,
             handed_over: false,
             _busy: busy,
+            fault: req.extensions().get::<ClientFault>().cloned(),
         }
     }
 
     /// Answer with a proxy-made error (made in `crate::error`).
     pub(super) fn fail(self, err: ProxyError) -> Response<ObservedBody> {
-        tracing::debug!(listener = %self.state.name, error = %err, "proxy error");
+        tracing::debug!(error = %err, "proxy error");
         self.state.metrics.proxy_error(err.kind);
         let resp = err.to_response(self.grpc);
         self.respond(resp, Some(err.kind.flag()))
@@ -176,7 +184,14 @@ impl Drop for Exchange {
                 bytes_out: 0,
                 grpc_status: None,
             };
-            record(self, 0, None, None, end);
+            // The server reset the stream for the client's protocol error:
+            // the client's fault, not a client that left.
+            let fault = self.fault.as_ref().is_some_and(ClientFault::is_set);
+            let flag = fault.then(|| {
+                self.state.metrics.proxy_error(ErrorKind::BadRequest);
+                ErrorKind::BadRequest.flag()
+            });
+            record(self, 0, None, flag, end);
         }
     }
 }
@@ -225,6 +240,7 @@ fn record(
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             listener: &ex.state.name,
             client: ex.client.to_string(),
+            peer: fields.peer.as_ref().map(Identity::as_str),
             protocol: version_str(fields.version),
             method: fields.method.as_str(),
             authority: ex.authority.as_deref().unwrap_or(""),

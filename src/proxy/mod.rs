@@ -4,8 +4,7 @@
 //!    cannot be proxied (CONNECT, a head too large)
 //! 2. route it: virtual host, then the first matching route, and the cluster
 //!    (weighted clusters draw one)
-//! 3. admission (`crate::admission`): authentication (JWT), (coming:
-//!    authorization), then the rate limit
+//! 3. admission (`crate::admission`): authentication, authorization, rate limit
 //! 4. set the deadline: route `timeout`, capped by the client's `grpc-timeout`
 //! 5. call the cluster (`call.rs`): each try (`attempt.rs`) to an endpoint
 //!    the balancer picks, hop-by-hop headers removed and `grpc-timeout` set
@@ -24,73 +23,33 @@ use attempt::Pools;
 use call::{call, Call};
 use exchange::Exchange;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, Version};
 
-use crate::access_log::AccessLog;
-use crate::admission::{self, Admission};
-use crate::cluster::passthrough::Passthrough;
-use crate::cluster::{Cluster, Endpoint};
+use crate::admission;
+use crate::cluster::Endpoint;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{ObservedBody, ProxyBody};
 use crate::http::{grpc, headers};
 use crate::listener::activity::RequestGuard;
-use crate::listener::Serving;
-use crate::metrics::{ListenerMetrics, RouteMetrics};
+use crate::listener::state::{ConnInfo, ListenerState, Target};
 use crate::resilience::policy::RetryPolicy;
-use crate::router::{RequestInfo, Router};
-
-/// Where a route sends requests: a cluster and the metrics of this listener × that cluster.
-#[derive(Clone)]
-pub struct Target {
-    pub cluster: Arc<Cluster>,
-    pub metrics: Arc<RouteMetrics>,
-}
-
-/// Where a downstream connection came from and, when it was redirected
-/// by iptables, where it was going.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub client: SocketAddr,
-    pub orig_dst: Option<SocketAddr>,
-}
-
-/// Everything one listener's requests need, shared by its connections.
-/// A config reload swaps in a new one; requests in flight keep theirs.
-pub struct ListenerState {
-    pub name: Arc<str>,
-    pub router: Router<Target>,
-    pub metrics: ListenerMetrics,
-    /// Metrics for requests that never reached a cluster (`cluster=""`).
-    pub unrouted: Arc<RouteMetrics>,
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Largest request head accepted; hyper's own limits sit above it so the
-    /// proxy answers 431 itself, with `x-skiff-error`.
-    pub max_header_bytes: usize,
-    /// End a request when nothing moves either way for this long.
-    pub stream_idle_timeout: Duration,
-    /// Accept-time settings: hyper limits, transparency, detection.
-    pub serving: Arc<Serving>,
-    /// `passthrough: true` on a transparent listener: unrouted requests go
-    /// to their original destination.
-    pub passthrough: Option<Passthrough>,
-    /// JWT and rate limits; `None` when the listener has neither.
-    pub admission: Option<Arc<Admission>>,
-}
+use crate::router::RequestInfo;
 
 /// Proxy one request from a downstream client.
 pub async fn handle(
     state: Arc<ListenerState>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     busy: RequestGuard,
     mut req: Request<ProxyBody>,
 ) -> Response<ObservedBody> {
-    // 1. Name the request; refuse what cannot be proxied.
+    // 1. Name the request; refuse what cannot be proxied. The peer's
+    // identity reaches the app only as this connection's handshake verified it.
     headers::ensure_request_id(req.headers_mut());
-    let mut ex = Exchange::new(state.clone(), conn.client, busy, &req);
+    headers::set_peer_identity(req.headers_mut(), conn.peer.as_ref());
+    let mut ex = Exchange::new(state.clone(), &conn, busy, &req);
     if let Err(e) = check_head(&req, state.max_header_bytes) {
         return ex.fail(e);
     }
@@ -111,15 +70,8 @@ pub async fn handle(
     ex.target = Some(routed.target.clone());
     let cluster = routed.target.cluster.clone();
 
-    // 3. Admission: authentication, then (coming) authorization, then the
-    // rate limit; after routing (a route may set its own rules), before the
-    // cluster sees anything.
-    let admitted = admission::check(
-        state.admission.as_deref(),
-        routed.route,
-        conn.client.ip(),
-        req.headers_mut(),
-    );
+    // 3. Admission: authentication, authorization, rate limit.
+    let admitted = admission::check(&state, &conn, routed.route, &mut req);
     if let Err(e) = admitted.await {
         return ex.fail(e);
     }
@@ -184,6 +136,10 @@ fn check_head(req: &Request<ProxyBody>, max_header_bytes: usize) -> Result<(), P
             ErrorKind::BadRequest,
             "CONNECT is not supported",
         ));
+    }
+    if let Some(bad) = headers::bad_request_head(req.uri(), req.headers()) {
+        // Two parsers could read this head two ways (request smuggling).
+        return Err(ProxyError::new(ErrorKind::BadRequest, bad.to_string()));
     }
     if head_size(req) > max_header_bytes {
         let what = format!("request headers exceed {max_header_bytes} bytes");

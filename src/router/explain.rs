@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::{Mismatch, RequestInfo, Router};
+use crate::admission::authorization::Policy;
 use crate::config::{self, Config};
+use crate::identity::Identity;
 
 /// How the virtual host was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,7 @@ impl<T> Router<T> {
 pub fn report(
     config: &Config,
     req: &RequestInfo<'_>,
+    peer: Option<&Identity>,
     only_listener: Option<&str>,
 ) -> Result<String, String> {
     let mut out = String::new();
@@ -96,6 +99,7 @@ pub fn report(
         shown += 1;
         let router = Router::build(l, |name| clusters.get(name).copied())
             .map_err(|e| format!("listener {}: {e}", l.name))?;
+        authorization_report(&mut out, l, req, peer);
         listener_report(&mut out, l, &router, &clusters, req);
     }
     if shown == 0 {
@@ -105,6 +109,39 @@ pub fn report(
         ));
     }
     Ok(out)
+}
+
+fn authorization_report(
+    out: &mut String,
+    l: &config::Listener,
+    req: &RequestInfo<'_>,
+    peer: Option<&Identity>,
+) {
+    let Some(rules) = &l.authorization else {
+        return;
+    };
+    let who = peer.map_or("a plaintext peer".to_owned(), |p| p.to_string());
+    let verdict = Policy::from_config(rules).decide(peer, req.path, req.method);
+    let decided = match verdict.rule {
+        Some(i) => {
+            let rule = rules
+                .get(i)
+                .and_then(|r| serde_json::to_string(r).ok())
+                .unwrap_or_default();
+            format!("rule {i} {rule}")
+        }
+        None => "no rule matches, so the default".to_owned(),
+    };
+    let answer = if verdict.allowed {
+        "allows"
+    } else {
+        "denies -> 403 / PERMISSION_DENIED (forbidden)"
+    };
+    let _ = writeln!(
+        out,
+        "\nlistener {}: authorization for {who}: {decided} {answer}",
+        l.name
+    );
 }
 
 fn listener_report(

@@ -161,3 +161,99 @@ fn lookup_does_not_scan_virtual_hosts() {
         "c42"
     );
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One route: its match (any, prefix or exact path), its method, and
+    /// whether it wants header `x-a: 1`.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        path: (u8, String),
+        method: Option<&'static str>,
+        header: bool,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            (0u8..3, "/[ab/.]{0,4}"),
+            prop::option::of(prop::sample::select(vec!["GET", "POST"])),
+            any::<bool>(),
+        )
+            .prop_map(|(path, method, header)| Spec {
+                path,
+                method,
+                header,
+            })
+    }
+
+    fn listener(routes: &[Spec]) -> String {
+        let mut y = String::from(
+            "name: l\naddress: 127.0.0.1:0\nvirtual_hosts:\n  - name: v\n    domains: [\"*\"]\n    routes:\n",
+        );
+        for (i, r) in routes.iter().enumerate() {
+            let mut m = Vec::new();
+            match r.path.0 {
+                0 => {}
+                1 => m.push(format!("prefix: {}", serde_json::json!(r.path.1))),
+                _ => m.push(format!("path: {}", serde_json::json!(r.path.1))),
+            }
+            if let Some(method) = r.method {
+                m.push(format!("method: {method}"));
+            }
+            if r.header {
+                m.push("headers: [{ name: x-a, exact: \"1\" }]".into());
+            }
+            y += &format!(
+                "      - name: r{i}\n        match: {{ {} }}\n        cluster: c{i}\n",
+                m.join(", ")
+            );
+        }
+        y
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Bound: the path index picks exactly the route a scan of the
+        /// routes in order would: the first whose match holds.
+        #[test]
+        fn the_index_picks_the_first_route_that_matches(
+            routes in prop::collection::vec(spec(), 1..10),
+            requests in prop::collection::vec(("/[ab/.]{0,6}", any::<bool>(), any::<bool>()), 1..10),
+        ) {
+            let r = router(&listener(&routes));
+            let (vh, _) = r.virtual_host("any").unwrap();
+            for (path, post, header) in requests {
+                let mut h = HeaderMap::new();
+                if header {
+                    h.insert("x-a", HeaderValue::from_static("1"));
+                }
+                let method = if post { Method::POST } else { Method::GET };
+                let req = RequestInfo { authority: "any", path: &path, method: &method, headers: &h };
+                let scanned = vh.routes.iter().find(|route| route.check(&req).is_ok()).map(|route| route.name.clone());
+                let indexed = r.route(&req).map(|route| route.name.clone());
+                prop_assert_eq!(indexed, scanned, "{} {}", method, path);
+            }
+        }
+
+        /// Any authority: an answer, never a panic, the same whatever the
+        /// case of its letters.
+        #[test]
+        fn any_authority_finds_its_virtual_host(authority in any::<String>()) {
+            let r = router(LISTENER);
+            let name = |a: &str| r.virtual_host(a).map(|(v, _)| v.name.clone());
+            prop_assert_eq!(name(&authority), name(&authority.to_ascii_uppercase()));
+            let _ = host_of(&authority);
+        }
+
+        #[test]
+        fn host_like_authorities_find_their_virtual_host(
+            authority in "(\\[::1\\]|[a-z.]{0,8}(inventory|example\\.com)?)(:[0-9]{0,6})?"
+        ) {
+            let r = router(LISTENER);
+            prop_assert!(r.virtual_host(&authority).is_some(), "the fallback `*` matches anything");
+        }
+    }
+}

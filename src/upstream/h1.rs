@@ -10,6 +10,7 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Pool, UpstreamError};
 use crate::http::body::{ProxyBody, RequestBody};
@@ -36,21 +37,22 @@ impl Pool {
     }
 
     async fn connect_h1(&self) -> Result<Sender, UpstreamError> {
-        let (tcp, permit) = self.connect().await?;
+        let (io, permit) = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| UpstreamError::Reset {
+            .map_err(|e| UpstreamError::Handshake {
                 addr: self.addr,
-                reason: format!("HTTP/1.1 handshake failed: {e}"),
+                reason: format!("HTTP/1.1: {e}"),
             })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
+        let span = tracing::debug_span!("upstream", addr = %self.addr);
+        let driven = async move {
             if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(driven.instrument(span));
         Ok(sender)
     }
 

@@ -7,14 +7,29 @@ use std::sync::{Arc, Mutex};
 
 use ::h2::Reason;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Pool, UpstreamError};
 use crate::coalesce::{self, Flushing};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::pipe;
+
+/// The flow-control windows of an upstream HTTP/2 connection, and the most
+/// streams one connection carries. Data a client has not read yet stays
+/// unreleased in its stream's window, and so in the connection's: a client
+/// that stops reading holds up to one stream window of the connection's.
+/// With at most `CONNECTION_WINDOW / STREAM_WINDOW` streams on a connection,
+/// every stream on it can always be sent a full window however many of the
+/// others are stalled, so slow readers never hold back anyone else's
+/// responses; past that many streams the pool opens another connection.
+/// What one stalled stream can pin in memory is one stream window.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_STREAMS_PER_CONNECTION: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
 
 /// `active` of a connection being closed for idleness: larger than any
 /// stream limit, so no new stream can be taken on it.
@@ -60,7 +75,10 @@ impl H2Pool {
         let mut conns = self.conns.lock().ok()?;
         conns.retain(|c| !c.closed.load(Ordering::Acquire));
         for c in conns.iter() {
-            let max = c.sender.current_max_send_streams();
+            let max = c
+                .sender
+                .current_max_send_streams()
+                .min(MAX_STREAMS_PER_CONNECTION);
             let taken = c
                 .active
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
@@ -106,18 +124,18 @@ impl Pool {
         if let Some(slot) = self.h2.try_take() {
             return Ok(slot);
         }
-        let (tcp, permit) = self.connect().await?;
-        let (io, flusher) = coalesce::coalesce(tcp);
+        let (io, permit) = self.connect().await?;
+        let (io, flusher) = coalesce::coalesce(io);
         let (sender, connection) = ::h2::client::Builder::new()
             .enable_push(false)
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(|e| UpstreamError::Reset {
+            .map_err(|e| UpstreamError::Handshake {
                 addr: self.addr,
-                reason: format!("HTTP/2 handshake failed: {e}"),
+                reason: format!("HTTP/2: {e}"),
             })?;
         let conn = Arc::new(H2Conn {
             sender,
@@ -134,12 +152,14 @@ impl Pool {
         } else if let Ok(mut conns) = self.h2.conns.lock() {
             conns.push(conn.clone());
         }
-        let (idle, addr) = (self.config.idle_timeout, self.addr);
+        let idle = self.config.idle_timeout;
+        let span = tracing::debug_span!("upstream", addr = %self.addr);
         let driven = conn.clone();
-        tokio::spawn(async move {
-            drive(Flushing::new(connection, flusher), driven, idle, addr).await;
+        let task = async move {
+            drive(Flushing::new(connection, flusher), driven, idle).await;
             drop(permit); // the max_connections slot lives as long as the connection
-        });
+        };
+        tokio::spawn(task.instrument(span));
         Ok(StreamSlot(conn))
     }
 
@@ -149,7 +169,7 @@ impl Pool {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         parts.version = Version::HTTP_2;
-        parts.uri = absolute_uri(&parts, self.addr)?;
+        parts.uri = absolute_uri(&parts, self.config.connector.scheme(), self.addr)?;
         parts.headers.remove(http::header::HOST);
         let end_of_stream = body.is_end_stream();
         let head = Request::from_parts(parts, ());
@@ -229,9 +249,12 @@ impl Pool {
 }
 
 /// HTTP/2 wants scheme and authority in the URI; an HTTP/1.1 request has the
-/// authority in its Host header.
+/// authority in its Host header and no scheme, which then is the
+/// connection's (`http` in clear, `https` over TLS). A request that came
+/// with both (from an HTTP/2 client) is sent as it came.
 fn absolute_uri(
     parts: &http::request::Parts,
+    scheme: Scheme,
     addr: std::net::SocketAddr,
 ) -> Result<Uri, UpstreamError> {
     if parts.uri.authority().is_some() && parts.uri.scheme().is_some() {
@@ -255,7 +278,7 @@ fn absolute_uri(
         .map(|p| p.as_str())
         .unwrap_or("/");
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(pq)
         .build()
@@ -265,13 +288,10 @@ fn absolute_uri(
         })
 }
 
-/// Poll the connection until it ends, or close it after `idle` without streams.
-async fn drive<C>(
-    mut connection: C,
-    conn: Arc<H2Conn>,
-    idle: std::time::Duration,
-    addr: std::net::SocketAddr,
-) where
+/// Poll the connection until it ends, or close it after `idle` without
+/// streams. Logged in the connection's span (addr).
+async fn drive<C>(mut connection: C, conn: Arc<H2Conn>, idle: std::time::Duration)
+where
     C: std::future::Future<Output = Result<(), ::h2::Error>> + Unpin,
 {
     let check = (idle / 4).max(std::time::Duration::from_millis(250));
@@ -279,7 +299,7 @@ async fn drive<C>(
         tokio::select! {
             res = &mut connection => {
                 if let Err(e) = res {
-                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
                 break;
             }
@@ -297,7 +317,7 @@ async fn drive<C>(
                         .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
-                    tracing::debug!(%addr, "closing idle or retired upstream HTTP/2 connection");
+                    tracing::debug!("closing idle or retired upstream HTTP/2 connection");
                     break;
                 }
             }

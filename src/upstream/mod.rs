@@ -2,20 +2,25 @@
 //!
 //! Each endpoint owns a [`Pool`]: HTTP/2 connections shared by many streams
 //! (a new one opens only when every open one is at the peer's
-//! max-concurrent-streams), and idle HTTP/1.1 keep-alive connections.
+//! max-concurrent-streams), and idle HTTP/1.1 keep-alive connections. The
+//! pool's [`Connector`] opens them (`connect.rs`) and says which scheme
+//! requests on them carry.
 
+pub mod connect;
 mod h1;
 mod h2;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tokio::net::TcpStream;
 
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::resilience::breaker::{Limits, Permit};
+pub use connect::{BoxedIo, Connect, Connector};
 
 /// The protocol spoken to an upstream: the cluster's `protocol`, `auto`
 /// resolved per request by the downstream request's version.
@@ -29,6 +34,8 @@ pub struct PoolConfig {
     pub max_idle: usize,
     /// The cluster's circuit-breaker caps (pending connects, open connections).
     pub limits: Arc<Limits>,
+    /// Opens the connections: plain TCP, or a handshake over it.
+    pub connector: Connector,
 }
 
 /// Why a request got no response from the upstream.
@@ -42,6 +49,11 @@ pub enum UpstreamError {
     },
     #[error("connect to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    /// The connection was made but its handshake failed (HTTP/1.1, HTTP/2;
+    /// a transport handshake such as TLS belongs here too): nothing was sent.
+    #[error("handshake with upstream {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    /// A stream or connection broke before the response head.
     #[error("upstream {addr} reset the request before responding: {reason}")]
     Reset { addr: SocketAddr, reason: String },
     /// The upstream refused the stream before processing it (REFUSED_STREAM, GOAWAY).
@@ -113,9 +125,10 @@ impl Pool {
         }
     }
 
-    /// A new TCP connection, within the cluster's caps: the returned permit
-    /// holds a `max_connections` slot for as long as the connection lives.
-    async fn connect(&self) -> Result<(TcpStream, Permit), UpstreamError> {
+    /// A new connection from the pool's connector, within the cluster's
+    /// caps: the returned permit holds a `max_connections` slot for as long
+    /// as the connection lives.
+    async fn connect(&self) -> Result<(BoxedIo, Permit), UpstreamError> {
         let addr = self.addr;
         let limits = &self.config.limits;
         let overflow = |what, limit| UpstreamError::Overflow { addr, what, limit };
@@ -126,12 +139,9 @@ impl Pool {
             .connection()
             .ok_or_else(|| overflow("a connection", limits.max_connections))?;
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok((s, conn_permit))
-            }
-            Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+        match tokio::time::timeout(timeout, self.config.connector.connect(addr)).await {
+            Ok(Ok(io)) => Ok((io, conn_permit)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),
         }
     }

@@ -13,12 +13,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod body;
+pub mod ca;
 pub mod dns;
 pub mod echo_pb;
 pub mod eventually;
 pub mod faults;
 pub mod flaky;
 pub mod grpc_backend;
+pub mod hostile;
 pub mod http_backend;
 pub mod http_client;
 pub mod jwt;
@@ -26,6 +28,7 @@ pub mod netns;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod raw_h2;
 pub mod replica;
 pub mod scratch;
 

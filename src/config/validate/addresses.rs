@@ -13,7 +13,15 @@ impl Rules<'_> {
         let mut binds: Vec<(String, String, SocketAddr)> = Vec::new();
         if let Some(admin) = &d.admin {
             match parse_bind_address(&admin.address) {
-                Ok(a) => binds.push(("admin.address".into(), "the admin server".into(), a)),
+                Ok(a) => {
+                    if !a.ip().is_loopback() && !admin.allow_remote {
+                        let message = format!(
+                            "`{a}` is not a loopback address: whoever reaches the admin server can drain or stop the proxy and read its config; bind 127.0.0.1, or set `allow_remote: true` beside `address` to serve it beyond this host"
+                        );
+                        self.value("admin.address", message);
+                    }
+                    binds.push(("admin.address".into(), "the admin server".into(), a));
+                }
                 Err(e) => self.value("admin.address", e),
             }
         }

@@ -25,6 +25,7 @@ impl Rules<'_> {
                 "listeners",
             );
             self.limits(l, &base);
+            self.authorization(l, &base);
             self.listener_admission(d, l, &base);
             self.virtual_hosts(d, l, &base);
         }
@@ -64,8 +65,17 @@ impl Rules<'_> {
             ("stream_idle_timeout", limits.stream_idle_timeout),
             ("connection_idle_timeout", limits.connection_idle_timeout),
             ("detect_timeout", limits.detect_timeout),
+            ("write_stall_timeout", limits.write_stall_timeout),
         ] {
             self.positive(&p(key), d, &format!("`{key}`"));
+        }
+        if limits.max_control_frames_per_stream == 0 {
+            let message = "`max_control_frames_per_stream` must be at least 1: 0 would end every HTTP/2 connection at its first SETTINGS";
+            self.value(&p("max_control_frames_per_stream"), message.into());
+        }
+        if limits.max_control_frames_per_data_frame == 0 {
+            let message = "`max_control_frames_per_data_frame` must be at least 1: a client needs WINDOW_UPDATEs for the data it receives";
+            self.value(&p("max_control_frames_per_data_frame"), message.into());
         }
     }
 

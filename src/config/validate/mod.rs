@@ -16,6 +16,7 @@
 
 mod addresses;
 mod admission;
+mod authorization;
 mod clusters;
 mod listeners;
 mod resilience;
@@ -53,12 +54,6 @@ const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
         what: "listener `tls`",
         used: |l| l.tls.is_some(),
         hint: "remove it; the listener serves plaintext",
-    },
-    NotYet {
-        key: "authorization",
-        what: "`authorization`",
-        used: |l| l.authorization.is_some(),
-        hint: "remove it; every request is allowed",
     },
     NotYet {
         key: "rate_limit.shared",

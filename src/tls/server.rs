@@ -1,0 +1,134 @@
+//! The mesh inbound side: a `ServerConfig` for `strict` and `permissive`
+//! listeners, and the accept helper that hands back the peer's identity.
+//!
+//! TLS 1.3 only (every peer is a Skiff or another mesh proxy), a client
+//! certificate required ([`MeshClientVerifier`]), ALPN h2 and http/1.1,
+//! and this workload's certificate read from the store on each handshake.
+//! Session resumption is off: a resumed session would skip the chain check
+//! against the bundle in use now, and sidecar connections live long enough
+//! that a full handshake each is cheap.
+
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::failure::HandshakeError;
+use super::terminate::{terminate_server_config, EdgeCerts};
+use super::verify::{verified_identity, MeshClientVerifier};
+use super::{provider, TlsConfigError, ALPN_H2, ALPN_HTTP11};
+use crate::identity::{CredentialStore, Identity};
+
+/// The `ServerConfig` of a mesh inbound listener.
+pub fn mesh_server_config(
+    store: Arc<CredentialStore>,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(MeshClientVerifier::new(store.clone())))
+        .with_cert_resolver(Arc::new(CurrentCert(store)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Serves the store's current certificate: a rotation is seen by the next
+/// handshake, with no config rebuilt.
+#[derive(Debug)]
+pub struct CurrentCert(pub Arc<CredentialStore>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().certified_key().clone())
+    }
+}
+
+/// A listener's TLS, as its connections are accepted: the rustls config
+/// and whether clients are verified by the mesh's rules (only then is the
+/// SPIFFE ID in their certificate an identity).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    mesh: bool,
+}
+
+impl ServerTls {
+    /// A `strict` or `permissive` mesh listener.
+    pub fn mesh(store: Arc<CredentialStore>) -> Result<ServerTls, TlsConfigError> {
+        Ok(ServerTls {
+            config: mesh_server_config(store)?,
+            mesh: true,
+        })
+    }
+
+    /// An edge (`terminate`) listener.
+    pub fn terminate(certs: Arc<EdgeCerts>) -> Result<ServerTls, TlsConfigError> {
+        Ok(ServerTls {
+            config: terminate_server_config(certs)?,
+            mesh: false,
+        })
+    }
+
+    /// The rustls config.
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    /// Whether this is mesh mTLS.
+    pub fn is_mesh(&self) -> bool {
+        self.mesh
+    }
+}
+
+/// Run the server side of a handshake on `io`: the stream and, for a mesh
+/// listener, the client's verified identity (`None` at the edge, which
+/// asks for no client certificate). The negotiated ALPN is on the stream
+/// (`stream.get_ref().1.alpn_protocol()`).
+pub async fn accept<IO>(
+    tls: &ServerTls,
+    io: IO,
+) -> Result<(TlsStream<IO>, Option<Identity>), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = TlsAcceptor::from(tls.config.clone()).accept(io).await?;
+    let peer = match tls.mesh {
+        true => Some(verified_identity(stream.get_ref().1)?),
+        false => None,
+    };
+    Ok((stream, peer))
+}
+
+/// Whether a connection's first bytes open a TLS handshake, for a
+/// `permissive` listener that takes TLS and plaintext on one port: a
+/// handshake record (22) of TLS major version 3. `None` until three bytes
+/// are in. An HTTP/1.1 request line or the HTTP/2 preface starts with a
+/// letter, never with 22.
+pub fn looks_like_tls(prefix: &[u8]) -> Option<bool> {
+    match prefix {
+        [a, b, c, ..] => Some(*a == 0x16 && *b == 0x03 && *c <= 0x04),
+        [a, ..] if *a != 0x16 => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_tls;
+
+    #[test]
+    fn tls_is_told_from_plaintext_by_its_first_bytes() {
+        assert_eq!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(true));
+        assert_eq!(looks_like_tls(&[0x16, 0x03]), None);
+        assert_eq!(looks_like_tls(&[]), None);
+        assert_eq!(looks_like_tls(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(looks_like_tls(b"PRI * HTTP/2.0\r\n"), Some(false));
+        assert_eq!(looks_like_tls(b"P"), Some(false));
+        assert_eq!(looks_like_tls(&[0x16, 0x01, 0x00]), Some(false));
+    }
+}
