@@ -12,6 +12,9 @@
 //! - parse + validate of a config with 1,000 clusters and 10,000 routes;
 //! - the connection and request spans, with their level off (the default
 //!   `info`, as `skiff run` sets it up) against no span, and on for reference.
+//! - admission: a rate-limit check (a known key, and a stream of new keys
+//!   up to the cap), a request with a cached JWT, and the signature checks
+//!   a token costs when it is not cached yet (RS256, PS256, ES256, EdDSA).
 
 use std::hint::black_box;
 
@@ -212,6 +215,115 @@ fn config_load(c: &mut Criterion) {
     group.finish();
 }
 
+#[path = "../tests/support/jwt.rs"]
+#[allow(dead_code)] // the forged tokens are for the tests
+mod keys;
+
+/// What admission adds to a request: the rate-limit check alone, and the
+/// whole `admit` (JWT from the cache, forwarded claims, rate limit).
+#[allow(clippy::unwrap_used)] // set-up that cannot fail
+fn admission(c: &mut Criterion) {
+    use futures_util::FutureExt as _;
+    use http::HeaderValue;
+    use jsonwebtoken::Algorithm;
+    use skiff::admission::jwks::{Jwks, Source};
+    use skiff::admission::jwt::JwtAuth;
+    use skiff::admission::rate_limit::RateLimiter;
+    use skiff::admission::Admission;
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    let mut group = c.benchmark_group("rate_limit");
+    // A rate that never trips: every check passes and updates the bucket.
+    let never: skiff::config::RateLimit =
+        serde_yaml::from_str("{ requests_per_second: 1000000, burst: 1000000 }").unwrap();
+    let rl = RateLimiter::new(&never);
+    let source = rl.key_source(|_| None);
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+    let headers = HeaderMap::new();
+    group.bench_function("check_client_ip", |b| {
+        b.iter(|| {
+            let key = rl.key(&source, black_box(peer), &headers, None);
+            black_box(rl.check(key).is_ok())
+        })
+    });
+    let by_header: skiff::config::RateLimit = serde_yaml::from_str(
+        "{ requests_per_second: 1000000, burst: 1000000, key: \"header:x-api-key\" }",
+    )
+    .unwrap();
+    let rh = RateLimiter::new(&by_header);
+    let hsource = rh.key_source(|_| None);
+    let mut with_key = HeaderMap::new();
+    with_key.insert(
+        "x-api-key",
+        HeaderValue::from_static("key-0123456789abcdef"),
+    );
+    group.bench_function("check_header", |b| {
+        b.iter(|| {
+            let key = rh.key(&hsource, peer, black_box(&with_key), None);
+            black_box(rh.check(key).is_ok())
+        })
+    });
+    // Every check a key not seen before, cycling through 100,000 (the cap).
+    let fresh: Vec<u64> = (0..100_000u32)
+        .map(|i| rl.value_key(&i.to_le_bytes()))
+        .collect();
+    let mut n = 0;
+    group.bench_function("check_new_keys", |b| {
+        b.iter(|| {
+            n = (n + 1) % fresh.len();
+            black_box(rl.check(black_box(fresh[n])).is_ok())
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("jwt");
+    let rsa = keys::TestKey::rsa("rs", Algorithm::RS256);
+    let ps = keys::TestKey::rsa("ps", Algorithm::PS256);
+    let es = keys::TestKey::es256("es");
+    let ed = keys::TestKey::ed25519("ed");
+    let jwks = Arc::new(Jwks::new("bench", &Source::File("/none".into())));
+    jwks.load(keys::jwks(&[&rsa, &ps, &es, &ed]).as_bytes())
+        .unwrap();
+    let listener: skiff::config::Listener = serde_yaml::from_str(
+        "name: bench\naddress: 127.0.0.1:0\njwt: { issuer: iss, audiences: [aud], jwks: { file: /none }, forward_claims: { sub: x-user } }\nrate_limit: { requests_per_second: 1000000, burst: 1000000, key: \"claim:sub\" }\nvirtual_hosts: [{ name: all, domains: [\"*\"], routes: [{ cluster: c }] }]",
+    )
+    .unwrap();
+    let metrics = skiff::metrics::Metrics::new().unwrap();
+    let mut limiters = |_: &str, c: &skiff::config::RateLimit| Arc::new(RateLimiter::new(c));
+    let admission = Admission::build(&listener, Some(jwks.clone()), &mut limiters, &metrics)
+        .unwrap()
+        .unwrap();
+    let token = rsa.sign(&keys::claims("iss", "aud", 3600, "user-42"));
+    let mut request = HeaderMap::new();
+    request.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    group.bench_function("admit_cached_rs256_with_claim_rate_limit", |b| {
+        b.iter(|| {
+            let mut h = request.clone();
+            let admitted = admission.admit(Some(0), peer, &mut h).now_or_never();
+            black_box(matches!(admitted, Some(Ok(()))))
+        })
+    });
+    let auth = JwtAuth::new(
+        listener.jwt.as_ref().unwrap(),
+        jwks.clone(),
+        &[],
+        Vec::new(),
+    )
+    .unwrap();
+    let set = jwks.current().unwrap();
+    for key in [&rsa, &ps, &es, &ed] {
+        let token = key.sign(&keys::claims("iss", "aud", 3600, "user-42"));
+        group.bench_function(format!("verify_uncached_{:?}", key.alg), |b| {
+            b.iter(|| black_box(auth.verify(black_box(&token), &set).is_ok()))
+        });
+    }
+    group.finish();
+}
+
 /// One poll of `fut`, as a connection's task polls a request's future.
 fn poll_once<F: std::future::Future>(fut: F) -> bool {
     let mut fut = std::pin::pin!(fut);
@@ -303,6 +415,7 @@ criterion_group!(
     balance_pick,
     policy_pick,
     config_load,
+    admission,
     spans
 );
 criterion_main!(benches);

@@ -29,6 +29,10 @@ pub enum ErrorKind {
     Overflow,
     RateLimited,
     Unauthenticated,
+    /// A `jwt:` listener has no key set at all (none loaded yet): the
+    /// proxy cannot tell a good token from a bad one, so it is unavailable,
+    /// not the client unauthenticated.
+    NoJwks,
     Forbidden,
     BadRequest,
     HeadersTooLarge,
@@ -36,7 +40,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for pre-registering metric children.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NoRoute,
         ErrorKind::NoHealthyUpstream,
         ErrorKind::ConnectFailure,
@@ -45,6 +49,7 @@ impl ErrorKind {
         ErrorKind::Overflow,
         ErrorKind::RateLimited,
         ErrorKind::Unauthenticated,
+        ErrorKind::NoJwks,
         ErrorKind::Forbidden,
         ErrorKind::BadRequest,
         ErrorKind::HeadersTooLarge,
@@ -61,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Overflow => "overflow",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::NoJwks => "no_jwks",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::BadRequest | ErrorKind::HeadersTooLarge => "bad_request",
         }
@@ -77,6 +83,7 @@ impl ErrorKind {
             ErrorKind::Overflow => "UO",
             ErrorKind::RateLimited => "RL",
             ErrorKind::Unauthenticated => "UAEX",
+            ErrorKind::NoJwks => "NJ",
             ErrorKind::Forbidden => "RBAC",
             ErrorKind::BadRequest | ErrorKind::HeadersTooLarge => "DPE",
         }
@@ -85,7 +92,9 @@ impl ErrorKind {
     pub fn http_status(self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoHealthyUpstream | ErrorKind::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyUpstream | ErrorKind::Overflow | ErrorKind::NoJwks => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::ConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -101,6 +110,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => grpc::UNIMPLEMENTED,
             ErrorKind::NoHealthyUpstream
             | ErrorKind::Overflow
+            | ErrorKind::NoJwks
             | ErrorKind::ConnectFailure
             | ErrorKind::UpstreamReset => grpc::UNAVAILABLE,
             ErrorKind::Timeout => grpc::DEADLINE_EXCEEDED,
@@ -166,6 +176,21 @@ fn grpc_status_fields(h: &mut HeaderMap, kind: ErrorKind, message: &str) {
     h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
 }
 
+/// The IETF rate-limit fields of a 429 (draft-ietf-httpapi-ratelimit-headers):
+/// `RateLimit-Policy: "default";q=<quota>;w=<window>` and
+/// `RateLimit: "default";r=<remaining>;t=<seconds until a token>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitFields {
+    /// Requests allowed per `window_secs`, sustained.
+    pub quota: u64,
+    pub window_secs: u64,
+    /// Requests that would pass now.
+    pub remaining: u64,
+}
+
+/// The policy name in both rate-limit fields.
+const RATE_LIMIT_POLICY: &str = "default";
+
 /// A request the proxy ended, with a message for the caller and what the
 /// answer needs beyond the kind.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -178,6 +203,8 @@ pub struct ProxyError {
     /// The challenge of a 401 (`WWW-Authenticate`), e.g.
     /// `Bearer error="invalid_token", error_description="..."`.
     pub challenge: Option<String>,
+    /// The rate-limit fields of a 429.
+    pub rate_limit: Option<RateLimitFields>,
 }
 
 impl ProxyError {
@@ -187,6 +214,7 @@ impl ProxyError {
             detail: detail.into(),
             retry_after: None,
             challenge: None,
+            rate_limit: None,
         }
     }
 
@@ -199,6 +227,13 @@ impl ProxyError {
     /// The `WWW-Authenticate` challenge of an unauthenticated request.
     pub fn with_challenge(mut self, challenge: impl Into<String>) -> Self {
         self.challenge = Some(challenge.into());
+        self
+    }
+
+    /// The IETF `RateLimit-Policy` and `RateLimit` fields of a rate-limited
+    /// answer; their reset (`t`) is the `Retry-After` time.
+    pub fn with_rate_limit(mut self, fields: RateLimitFields) -> Self {
+        self.rate_limit = Some(fields);
         self
     }
 
@@ -244,9 +279,24 @@ impl ProxyError {
             r
         };
         let h = resp.headers_mut();
-        if let Some(after) = self.retry_after {
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        let retry_secs = self
+            .retry_after
+            .map(|after| (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1));
+        if let Some(secs) = retry_secs {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(f) = self.rate_limit {
+            let policy = format!("\"{RATE_LIMIT_POLICY}\";q={};w={}", f.quota, f.window_secs);
+            let now = format!(
+                "\"{RATE_LIMIT_POLICY}\";r={};t={}",
+                f.remaining,
+                retry_secs.unwrap_or(0)
+            );
+            for (name, value) in [("ratelimit-policy", policy), ("ratelimit", now)] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+            }
         }
         if self.kind == ErrorKind::Unauthenticated {
             let challenge = self
@@ -275,6 +325,7 @@ mod tests {
             (ErrorKind::Timeout, 504, 4),
             (ErrorKind::RateLimited, 429, 8),
             (ErrorKind::Unauthenticated, 401, 16),
+            (ErrorKind::NoJwks, 503, 14),
             (ErrorKind::Forbidden, 403, 7),
             (ErrorKind::BadRequest, 400, 13),
             (ErrorKind::HeadersTooLarge, 431, 13),
@@ -306,6 +357,24 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(r.headers()[ERROR_HEADER], "rate_limited");
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_the_ietf_fields() {
+        let fields = RateLimitFields {
+            quota: 100,
+            window_secs: 1,
+            remaining: 0,
+        };
+        for grpc in [false, true] {
+            let r = ProxyError::new(ErrorKind::RateLimited, "over the limit")
+                .with_retry_after(Duration::from_millis(1500))
+                .with_rate_limit(fields)
+                .to_response(grpc);
+            assert_eq!(r.headers()["retry-after"], "2");
+            assert_eq!(r.headers()["ratelimit-policy"], r#""default";q=100;w=1"#);
+            assert_eq!(r.headers()["ratelimit"], r#""default";r=0;t=2"#);
+        }
     }
 
     #[test]

@@ -245,6 +245,25 @@ fn schema_is_json_schema_of_the_config() -> anyhow::Result<()> {
             "no `{key}` property in the schema"
         );
     }
+    // The admission keys, with their defaults.
+    let defs = &v["$defs"];
+    let default = |def: &str, key: &str| defs[def]["properties"][key]["default"].clone();
+    assert_eq!(default("Jwt", "leeway"), "30s");
+    assert_eq!(default("Jwt", "forward_token"), true);
+    assert_eq!(default("RateLimit", "key"), "client_ip");
+    assert_eq!(default("RateLimit", "max_keys"), 100_000);
+    for key in ["file", "uri", "cluster", "refresh"] {
+        assert!(
+            defs["JwksSource"]["properties"].get(key).is_some(),
+            "jwks.{key}"
+        );
+    }
+    for key in ["jwt", "rate_limit"] {
+        assert!(
+            defs["Route"]["properties"].get(key).is_some(),
+            "route {key}"
+        );
+    }
     Ok(())
 }
 

@@ -130,6 +130,31 @@ rule!(outlier_percent, "outlier_percent.yaml", 16:73, "clusters[0].outlier_detec
 rule!(breaker_zero, "breaker_zero.yaml", 16:38, "clusters[0].circuit_breaker.max_requests", "`max_requests` must be at least 1");
 rule!(panic_threshold, "panic_threshold.yaml", 16:22, "clusters[0].panic_threshold", "`panic_threshold` is a percentage: from 0 to 100");
 
+// Admission: JWT and rate limits.
+rule!(jwt_empty_issuer, "jwt_empty_issuer.yaml", 8:15, "listeners[0].jwt.issuer", "`issuer` cannot be empty: it is the `iss` every token must c");
+rule!(jwt_forward_bad_header, "jwt_forward_bad_header.yaml", 12:14, "listeners[0].jwt.forward_claims.sub", "`x user` is not a valid header name: names are letters, digi");
+rule!(jwt_forward_reserved_header, "jwt_forward_reserved_header.yaml", 12:14, "listeners[0].jwt.forward_claims.sub", "claims cannot be forwarded in `x-skiff-user`: HTTP or the pr");
+rule!(jwt_forward_same_header, "jwt_forward_same_header.yaml", 13:14, "listeners[0].jwt.forward_claims.sub", "claims `email` and `sub` are both forwarded in `x-user`; a h");
+rule!(jwt_jwks_both, "jwt_jwks_both.yaml", 11:9, "listeners[0].jwt.jwks", "`jwks` takes its keys from `file` or from `uri`, not both");
+rule!(jwt_jwks_file_with_refresh, "jwt_jwks_file_with_refresh.yaml", 12:18, "listeners[0].jwt.jwks.refresh", "`refresh` goes with `uri`; a `file` is re-read whenever it c");
+rule!(jwt_jwks_https, "jwt_jwks_https.yaml", 11:14, "listeners[0].jwt.jwks.uri", "`https://auth.shop.example/.well-known/jwks.json` is https, ");
+rule!(jwt_jwks_neither, "jwt_jwks_neither.yaml", 10:13, "listeners[0].jwt.jwks", "`jwks` needs `file: <path of a JWK Set>` or `uri: http://...");
+rule!(jwt_jwks_unknown_cluster, "jwt_jwks_unknown_cluster.yaml", 12:18, "listeners[0].jwt.jwks.cluster", "unknown cluster `auht`; the clusters are `shop`, `auth`");
+rule!(jwt_jwks_uri_without_cluster, "jwt_jwks_uri_without_cluster.yaml", 11:9, "listeners[0].jwt.jwks", "`uri` needs the `cluster` that serves it (its endpoints, tim");
+rule!(jwt_jwks_zero_refresh, "jwt_jwks_zero_refresh.yaml", 13:18, "listeners[0].jwt.jwks.refresh", "`refresh` must be greater than 0");
+rule!(jwt_leeway_too_long, "jwt_leeway_too_long.yaml", 11:15, "listeners[0].jwt.leeway", "`leeway` may be at most 300s: it allows for clock skew, and ");
+rule!(jwt_no_audiences, "jwt_no_audiences.yaml", 8:7, "listeners[0].jwt", "`audiences` needs at least one audience: a token's `aud` mus");
+rule!(rate_limit_bad_fallback, "rate_limit_bad_fallback.yaml", 9:60, "listeners[0].rate_limit.shared.fallback", "unknown value `open`; expected one of `local`, `allow`, `den");
+rule!(rate_limit_bad_key, "rate_limit_bad_key.yaml", 9:12, "listeners[0].rate_limit.key", "unknown rate limit key `user`; write `client_ip`, `header:<n");
+rule!(rate_limit_claim_on_public_route, "rate_limit_claim_on_public_route.yaml", 18:56, "listeners[0].virtual_hosts[0].routes[0].rate_limit.key", "`claim:sub` needs a verified token, but this route says `jwt");
+rule!(rate_limit_claim_without_jwt, "rate_limit_claim_without_jwt.yaml", 9:12, "listeners[0].rate_limit.key", "`claim:sub` needs a verified token, but the listener has no ");
+rule!(rate_limit_max_keys_zero, "rate_limit_max_keys_zero.yaml", 9:17, "listeners[0].rate_limit.max_keys", "`max_keys` must be at least 1");
+rule!(rate_limit_xff_with_header_key, "rate_limit_xff_with_header_key.yaml", 10:25, "listeners[0].rate_limit.xff_trusted_hops", "`xff_trusted_hops` goes with `key: client_ip`");
+rule!(rate_limit_xff_zero, "rate_limit_xff_zero.yaml", 9:25, "listeners[0].rate_limit.xff_trusted_hops", "`xff_trusted_hops` must be at least 1; leave it out to use t");
+rule!(rate_limit_zero_burst, "rate_limit_zero_burst.yaml", 9:14, "listeners[0].rate_limit.burst", "`burst` must be at least 1: a bucket of 0 refuses every requ");
+rule!(rate_limit_zero_rate, "rate_limit_zero_rate.yaml", 8:28, "listeners[0].rate_limit.requests_per_second", "`requests_per_second` must be greater than 0 (fractions are ");
+rule!(route_jwt_true_without_jwt, "route_jwt_true_without_jwt.yaml", 13:18, "listeners[0].virtual_hosts[0].routes[0].jwt", "`jwt: true` asks for the listener's token check, but the lis");
+
 // Limits and process settings.
 rule!(max_header_bytes, "max_header_bytes.yaml", 8:25, "listeners[0].limits.max_header_bytes", "`max_header_bytes` must be at least 1024");
 rule!(window_out_of_bounds, "window_out_of_bounds.yaml", 7:38, "listeners[0].limits.initial_stream_window", "must be from 65535 to 2147483647 bytes");
@@ -155,15 +180,82 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let r = "listeners[0].virtual_hosts[0].routes[0]";
     let c = "clusters[0]";
     let want: Vec<(usize, usize, String)> = [
-        (5, 1, "tls".to_string()),
-        (15, 5, format!("{l}.tls")),
-        (18, 5, format!("{l}.jwt")),
-        (19, 5, format!("{l}.rate_limit")),
-        (27, 13, format!("{r}.jwt")),
-        (34, 5, format!("{c}.tls")),
+        (6, 1, "tls".to_string()),
+        (16, 5, format!("{l}.tls")),
+        (20, 57, format!("{l}.rate_limit.shared")),
+        (28, 51, format!("{r}.rate_limit.shared")),
+        (35, 5, format!("{c}.tls")),
     ]
     .into();
     assert_eq!(got, want);
+}
+
+#[test]
+fn shared_rate_limits_are_refused_and_their_url_checked() {
+    let got: Vec<String> = errors("rate_limit_shared.yaml")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{} {}: {}",
+                e.line.unwrap_or(0),
+                e.column.unwrap_or(0),
+                e.path,
+                e.message
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got[0].starts_with("9:7 listeners[0].rate_limit.shared: `rate_limit.shared` (one budget across replicas, in Redis) is not supported yet"), "{got:#?}");
+    assert!(
+        got[1].starts_with(
+            "9:24 listeners[0].rate_limit.shared.redis: `127.0.0.1:6379` is not a Redis URL"
+        ),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn a_gateway_listener_with_every_admission_key_loads() {
+    let text = "\
+admin: { address: 127.0.0.1:15000 }
+listeners:
+  - name: gateway
+    address: 127.0.0.1:8080
+    jwt:
+      issuer: https://auth.shop.example
+      audiences: [shop-api, shop-admin]
+      jwks: { uri: http://auth/.well-known/jwks.json, cluster: auth, refresh: 5m }
+      leeway: 10s
+      forward_claims: { sub: x-user-id, email: x-user-email }
+      forward_token: false
+    rate_limit: { requests_per_second: 0.5, key: client_ip, xff_trusted_hops: 2, max_keys: 1000 }
+    virtual_hosts:
+      - name: shop
+        domains: [\"*\"]
+        routes:
+          - match: { prefix: /public/ }
+            cluster: shop
+            jwt: false
+            rate_limit: { requests_per_second: 20, burst: 40, key: \"header:x-api-key\" }
+          - cluster: shop
+            rate_limit: { requests_per_second: 100, key: \"claim:sub\" }
+clusters:
+  - { name: shop, endpoints: [\"127.0.0.1:9000\"] }
+  - { name: auth, endpoints: [\"127.0.0.1:9001\"] }
+";
+    let c = config::load_str_with_env(text, "gateway.yaml", &|_| None).unwrap();
+    let jwt = c.listeners[0].jwt.as_ref().unwrap();
+    assert_eq!(jwt.leeway.get(), std::time::Duration::from_secs(10));
+    assert!(!jwt.forward_token);
+    let rl = c.listeners[0].rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (rl.burst(), rl.max_keys),
+        (1, 1000),
+        "burst: the rate rounded up"
+    );
+    let routes = &c.listeners[0].virtual_hosts[0].routes;
+    assert_eq!(routes[0].jwt, Some(false));
+    assert_eq!(routes[1].rate_limit.as_ref().unwrap().burst(), 100);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use prometheus::Encoder;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::admission::jwks::Jwks;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::body::ProxyBody;
@@ -28,6 +29,9 @@ pub struct AdminState {
     pub clusters: ArcSwap<Vec<Arc<Cluster>>>,
     /// True once listeners serve and every cluster has had its first discovery answer.
     pub ready: AtomicBool,
+    /// The key sets of `jwt:` listeners (swapped on reload): not ready
+    /// while one has no keys yet.
+    pub jwks: ArcSwap<Vec<Arc<Jwks>>>,
     /// True from the shutdown signal on: readiness fails so peers stop sending.
     pub draining: AtomicBool,
     /// Notified by `POST /shutdown`.
@@ -76,8 +80,12 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         (&Method::GET, "/ready") => {
+            let no_keys = state.jwks.load().iter().find(|j| !j.is_loaded()).cloned();
             if state.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(j) = no_keys {
+                let why = format!("starting: waiting for the JWK Set of {}\n", j.description);
+                text(StatusCode::SERVICE_UNAVAILABLE, why)
             } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {

@@ -310,6 +310,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         config: ArcSwap::new(snapshot.config.clone()),
         clusters: ArcSwap::from_pointee(snapshot.cluster_list()),
         ready: Default::default(),
+        jwks: ArcSwap::from_pointee(snapshot.jwks_list()),
         draining: Default::default(),
         shutdown: Notify::new(),
         drain: Notify::new(),

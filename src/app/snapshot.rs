@@ -11,6 +11,9 @@ use tokio::sync::watch;
 use super::BuildError;
 use crate::access_log::AccessLog;
 use crate::admission::authorization::Policy;
+use crate::admission::jwks::{self, Jwks};
+use crate::admission::rate_limit::RateLimiter;
+use crate::admission::Admission;
 use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
@@ -59,6 +62,53 @@ impl ClusterHandle {
     }
 }
 
+/// A `jwt:` listener's key set and the task that keeps it current, which
+/// stops when the handle is dropped.
+pub struct JwksHandle {
+    pub jwks: Arc<Jwks>,
+    config: config::JwksSource,
+    /// The cluster a `uri` is fetched through.
+    cluster: Option<Arc<Cluster>>,
+    _stop: watch::Sender<bool>,
+}
+
+impl JwksHandle {
+    /// The key set of listener `l` (which has `jwt`), reusing `old`'s when
+    /// its source is unchanged, else seeded from it until the first load.
+    fn get(
+        l: &config::Listener,
+        jwt: &config::Jwt,
+        clusters: &HashMap<String, Arc<ClusterHandle>>,
+        old: Option<&Arc<JwksHandle>>,
+    ) -> Result<Arc<JwksHandle>, BuildError> {
+        let cluster = |name: &str| clusters.get(name).map(|h| h.cluster.clone());
+        let through = jwt.jwks.cluster.as_deref().and_then(cluster);
+        let same_source = old.filter(|o| o.config == jwt.jwks);
+        let same_cluster = |o: &&Arc<JwksHandle>| match (&o.cluster, &through) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(o) = same_source.filter(same_cluster) {
+            return Ok(o.clone());
+        }
+        let source = jwks::source_of(&jwt.jwks, cluster)
+            .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
+        let jwks = Arc::new(Jwks::new(&l.name, &source));
+        if let Some(o) = same_source {
+            jwks.seed(&o.jwks);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        jwks::start(jwks.clone(), source, stop_rx);
+        Ok(Arc::new(JwksHandle {
+            jwks,
+            config: jwt.jwks.clone(),
+            cluster: through,
+            _stop: stop,
+        }))
+    }
+}
+
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub clusters: HashMap<String, Arc<ClusterHandle>>,
@@ -67,6 +117,11 @@ pub struct Snapshot {
     /// The DNS resolver of the `dns:` clusters, kept across reloads that
     /// leave `resolver:` as it is.
     resolver: Option<Arc<DnsResolver>>,
+    /// The key sets of `jwt:` listeners, by listener name.
+    jwks: HashMap<String, Arc<JwksHandle>>,
+    /// Rate-limit buckets by listener and scope, kept across reloads that
+    /// leave their settings as they are.
+    limiters: HashMap<String, Arc<RateLimiter>>,
 }
 
 impl Snapshot {
@@ -112,10 +167,39 @@ impl Snapshot {
             clusters.insert(c.name.clone(), handle);
         }
         let mut listeners = Vec::new();
+        let mut jwks = HashMap::new();
+        let mut limiters = HashMap::new();
         for l in &config.listeners {
+            let keys = match &l.jwt {
+                Some(jwt) => {
+                    let before = old.and_then(|o| o.jwks.get(&l.name));
+                    let h = JwksHandle::get(l, jwt, &clusters, before)?;
+                    jwks.insert(l.name.clone(), h.clone());
+                    Some(h.jwks.clone())
+                }
+                None => None,
+            };
+            let mut limiter = |scope: &str, c: &config::RateLimit| {
+                let id = format!("{}\u{0}{scope}", l.name);
+                let kept = old
+                    .and_then(|o| o.limiters.get(&id))
+                    .filter(|r| r.config == *c)
+                    .cloned();
+                let r = kept.unwrap_or_else(|| Arc::new(RateLimiter::new(c)));
+                limiters.insert(id, r.clone());
+                r
+            };
+            let admission = Admission::build(l, keys, &mut limiter, metrics)
+                .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
             listeners.push((
                 l.clone(),
-                Arc::new(listener_state(l, &clusters, metrics, access_log)?),
+                Arc::new(listener_state(
+                    l,
+                    &clusters,
+                    metrics,
+                    access_log,
+                    admission.map(Arc::new),
+                )?),
             ));
         }
         Ok(Snapshot {
@@ -123,7 +207,14 @@ impl Snapshot {
             clusters,
             listeners,
             resolver,
+            jwks,
+            limiters,
         })
+    }
+
+    /// The key sets of the `jwt:` listeners, for readiness.
+    pub fn jwks_list(&self) -> Vec<Arc<Jwks>> {
+        self.jwks.values().map(|h| h.jwks.clone()).collect()
     }
 
     /// The clusters, sorted by name, for the admin endpoints.
@@ -143,6 +234,7 @@ fn listener_state(
     clusters: &HashMap<String, Arc<ClusterHandle>>,
     metrics: &Metrics,
     access_log: &Option<Arc<AccessLog>>,
+    admission: Option<Arc<Admission>>,
 ) -> Result<ListenerState, BuildError> {
     let mut per_cluster: HashMap<String, Target> = HashMap::new();
     let router = Router::build(l, |name| {
@@ -180,5 +272,6 @@ fn listener_state(
             connect_timeout: std::time::Duration::from_secs(1),
         }),
         passthrough,
+        admission,
     })
 }

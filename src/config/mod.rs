@@ -214,6 +214,11 @@ impl Locator<'_> {
         self.make(self.index.locate_value(path), path, message)
     }
 
+    /// Whether the file writes a value at `path` (a key with a default may be absent).
+    pub(crate) fn exists(&self, path: &str) -> bool {
+        self.index.value(path).is_some()
+    }
+
     /// The line the value at `path` is on, for messages that point elsewhere.
     pub(crate) fn line(&self, path: &str) -> Option<usize> {
         self.index.locate_value(path).map(|p| p.line)

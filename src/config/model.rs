@@ -167,10 +167,11 @@ pub struct Listener {
     /// exist and none matches, the request is denied (403).
     #[serde(default)]
     pub authorization: Option<Vec<AuthorizationRule>>,
-    /// Not supported yet.
+    /// Every request must carry a valid JWT (`Authorization: Bearer`),
+    /// except on routes with `jwt: false`.
     #[serde(default)]
     pub jwt: Option<Jwt>,
-    /// Not supported yet.
+    /// A token bucket per key for every request; a route's own `rate_limit` replaces it.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
 }
@@ -283,9 +284,12 @@ pub struct Route {
     /// When a failed try is tried again; one try when absent.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// `false` skips the listener's JWT check on this route. Not supported yet.
+    /// `false` skips the listener's JWT check on this route (a public path).
     #[serde(default)]
     pub jwt: Option<bool>,
+    /// This route's own rate limit, in place of the listener's.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -640,24 +644,136 @@ pub struct AuthorizationMatch {
     pub methods: Vec<String>,
 }
 
+/// JWT validation of a listener's requests (docs/config.md, `jwt`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Jwt {
+    /// The `iss` every token must carry, e.g. `https://auth.shop.example`.
     pub issuer: String,
+    /// A token's `aud` must name at least one of these. At least one.
     #[serde(default)]
     pub audiences: Vec<String>,
-    pub jwks_file: String,
+    /// Where the verification keys (a JWK Set) come from.
+    pub jwks: JwksSource,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30s.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: Dur,
+    /// Claim -> request header, set from the verified token; a copy the
+    /// client sent is removed from every request of the listener first.
     #[serde(default)]
     pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Send the `Authorization` header on to the cluster. Default true.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// A JWK Set: a file, or a URI fetched through a cluster. Exactly one of `file` and `uri`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSource {
+    /// A JWK Set file, re-read when it changes.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// An `http://` URI of a JWK Set, fetched through `cluster`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// The cluster that serves `uri`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Fetch `uri` again this often. Default 10m.
+    #[serde(default)]
+    pub refresh: Option<Dur>,
+}
+
+/// A token bucket per key (docs/config.md, `rate_limit`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    pub requests_per_second: u32,
-    pub burst: u32,
+    /// Tokens added per second, per key (fractions allowed: 0.5 is one every 2s).
+    pub requests_per_second: f64,
+    /// The bucket's size: requests a key may send at once. Default
+    /// `requests_per_second` rounded up.
     #[serde(default)]
-    pub key: Option<String>,
+    pub burst: Option<u32>,
+    /// `client_ip`, `header:<name>` or `claim:<name>`. Default `client_ip`.
+    #[serde(default = "default_rate_limit_key")]
+    pub key: String,
+    /// `client_ip` behind load balancers: the address this many hops from
+    /// the right of `X-Forwarded-For`. Without it the header is never read.
+    #[serde(default)]
+    pub xff_trusted_hops: Option<u32>,
+    /// Keys tracked at once; past it, new keys share one bucket. Default 100000.
+    #[serde(default = "default_rate_limit_max_keys")]
+    pub max_keys: usize,
+    /// One budget per key across replicas, kept in Redis (not supported yet).
+    #[serde(default)]
+    pub shared: Option<SharedRateLimit>,
+}
+
+impl RateLimit {
+    /// The bucket's size: `burst`, or `requests_per_second` rounded up.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| {
+            self.requests_per_second
+                .ceil()
+                .clamp(1.0, f64::from(u32::MAX)) as u32
+        })
+    }
+}
+
+/// What a rate limit's requests are counted by: `key` parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's address (the TCP peer, or from `X-Forwarded-For`).
+    ClientIp,
+    /// A request header's value (lower-case name).
+    Header(String),
+    /// A claim of the verified JWT.
+    Claim(String),
+}
+
+impl RateLimitKey {
+    /// `client_ip`, `header:<name>` or `claim:<name>`; `Err` says what is wrong.
+    pub fn parse(key: &str) -> Result<RateLimitKey, String> {
+        let form = "write `client_ip`, `header:<name>` or `claim:<name>`";
+        if key == "client_ip" {
+            return Ok(RateLimitKey::ClientIp);
+        }
+        if let Some(name) = key.strip_prefix("header:") {
+            return match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(h) => Ok(RateLimitKey::Header(h.as_str().to_string())),
+                Err(_) => Err(format!(
+                    "`{name}` in `{key}` is not a valid header name (letters, digits, `-`, `_`)"
+                )),
+            };
+        }
+        if let Some(name) = key.strip_prefix("claim:") {
+            if name.trim().is_empty() {
+                return Err(format!("`{key}` names no claim; {form}"));
+            }
+            return Ok(RateLimitKey::Claim(name.trim().to_string()));
+        }
+        Err(format!("unknown rate limit key `{key}`; {form}"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRateLimit {
+    /// `redis://host:port` (or `rediss://`).
+    pub redis: String,
+    /// When Redis cannot be reached: `local` (the local bucket), `allow` or `deny`.
+    #[serde(default)]
+    pub fallback: RateLimitFallback,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitFallback {
+    #[default]
+    Local,
+    Allow,
+    Deny,
 }
 
 fn yes() -> bool {
@@ -665,6 +781,15 @@ fn yes() -> bool {
 }
 fn one() -> u32 {
     1
+}
+fn default_jwt_leeway() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_rate_limit_key() -> String {
+    "client_ip".to_string()
+}
+fn default_rate_limit_max_keys() -> usize {
+    100_000
 }
 fn stdout() -> String {
     "stdout".to_string()

@@ -98,6 +98,7 @@ const DURATION_KEYS: &[&str] = &[
     "discovery_timeout",
     "decay",
     "default_rtt",
+    "leeway",
 ];
 
 /// Keys whose values are one of a few words, for when a non-word is given
@@ -105,6 +106,7 @@ const DURATION_KEYS: &[&str] = &[
 const ENUM_KEYS: &[(&str, &[&str])] = &[
     ("protocol", &["auto", "http1", "http2"]),
     ("direction", &["inbound", "outbound"]),
+    ("fallback", &["local", "allow", "deny"]),
     (
         "lb",
         &[

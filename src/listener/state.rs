@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::Serving;
 use crate::access_log::AccessLog;
 use crate::admission::authorization::Policy;
+use crate::admission::Admission;
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
 use crate::identity::Identity;
@@ -77,4 +78,6 @@ pub struct ListenerState {
     pub passthrough: Option<Passthrough>,
     /// `authorization:` rules; `None`: every request is allowed.
     pub authorization: Option<Policy>,
+    /// JWT and rate limits; `None` when the listener has neither.
+    pub admission: Option<Arc<Admission>>,
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     retries_skipped: IntCounterVec,
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
+    authn_denied: IntCounterVec,
+    ratelimited: IntCounterVec,
     authz_denied: IntCounterVec,
     connections_refused: IntCounterVec,
     /// `skiff_config_reloads_total{result="success"}`.
@@ -122,6 +124,16 @@ impl Metrics {
             "Requests refused by a circuit-breaker cap.",
             &["cluster"],
         )?;
+        let authn_denied = counter(
+            "skiff_authn_denied_total",
+            "Requests refused for a missing or invalid JWT, by reason.",
+            &["listener", "reason"],
+        )?;
+        let ratelimited = counter(
+            "skiff_ratelimited_total",
+            "Requests refused by a rate limit.",
+            &["listener"],
+        )?;
         let authz_denied = counter(
             "skiff_authz_denied_total",
             "Requests denied by the listener's authorization policy (403).",
@@ -160,6 +172,8 @@ impl Metrics {
             retries_skipped,
             outlier_ejections,
             overflow,
+            authn_denied,
+            ratelimited,
             authz_denied,
             connections_refused,
             reloads_success,
@@ -183,6 +197,16 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// `skiff_authn_denied_total{listener, reason}`.
+    pub fn authn_denied(&self, listener: &str, reason: &str) -> IntCounter {
+        self.authn_denied.with_label_values(&[listener, reason])
+    }
+
+    /// `skiff_ratelimited_total{listener}`.
+    pub fn ratelimited(&self, listener: &str) -> IntCounter {
+        self.ratelimited.with_label_values(&[listener])
     }
 
     /// Handles for one (listener, cluster) pair; `cluster` is empty for requests no route took.

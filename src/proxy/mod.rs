@@ -71,7 +71,8 @@ pub async fn handle(
     let cluster = routed.target.cluster.clone();
 
     // 3. Admission: authentication, authorization, rate limit.
-    if let Err(e) = admission::check(&state, &conn, &req) {
+    let admitted = admission::check(&state, &conn, routed.route, &mut req);
+    if let Err(e) = admitted.await {
         return ex.fail(e);
     }
 
@@ -154,6 +155,8 @@ struct Routed {
     policy: Option<Arc<RetryPolicy>>,
     /// Passthrough: the original destination, the one endpoint to try.
     endpoint: Option<Arc<Endpoint>>,
+    /// The route's id; `None` for passthrough.
+    route: Option<usize>,
 }
 
 /// Step 2: the route for `authority` (then the original destination's
@@ -191,6 +194,7 @@ fn route(
                 timeout: route.timeout,
                 policy: route.retry.clone(),
                 endpoint: None,
+                route: Some(route.id),
             })
         }
         (None, Some(p), Some(dst)) => Ok(Routed {
@@ -201,6 +205,7 @@ fn route(
             timeout: None,
             policy: None,
             endpoint: Some(p.endpoint(dst)),
+            route: None,
         }),
         _ => {
             let what = format!(

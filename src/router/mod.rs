@@ -47,6 +47,9 @@ pub struct VirtualHost<T> {
 }
 
 pub struct Route<T> {
+    /// The route's place among all routes of its listener, in config order
+    /// (what per-route state elsewhere, such as admission, is kept by).
+    pub id: usize,
     /// The route's name, or `#<index>` when it has none.
     pub name: String,
     path: PathMatch,
@@ -224,10 +227,14 @@ impl<T> Router<T> {
             suffix: HashMap::new(),
             any: None,
         };
+        let mut id = 0;
         for (vi, vh) in listener.virtual_hosts.iter().enumerate() {
             let mut routes = Vec::new();
             for (ri, r) in vh.routes.iter().enumerate() {
-                routes.push(build_route(ri, r, &mut resolve)?);
+                let mut route = build_route(ri, r, &mut resolve)?;
+                route.id = id;
+                id += 1;
+                routes.push(route);
             }
             for d in &vh.domains {
                 match parse_domain(d) {
@@ -342,6 +349,7 @@ fn build_route<T>(
         (None, None) => return Err("route names no cluster".into()),
     };
     Ok(Route {
+        id: 0,
         name: r.name.clone().unwrap_or_else(|| format!("#{index}")),
         path,
         headers,

@@ -26,6 +26,7 @@ impl Rules<'_> {
             );
             self.limits(l, &base);
             self.authorization(l, &base);
+            self.listener_admission(d, l, &base);
             self.virtual_hosts(d, l, &base);
         }
     }
@@ -141,7 +142,7 @@ impl Rules<'_> {
                 );
             }
             for (r, route) in vh.routes.iter().enumerate() {
-                self.route(d, route, &format!("{vbase}.routes[{r}]"));
+                self.route(d, l, route, &format!("{vbase}.routes[{r}]"));
             }
         }
     }

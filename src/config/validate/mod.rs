@@ -10,10 +10,12 @@
 //! This file holds the entry point, the shared helpers and the table of keys
 //! not built yet; the rules themselves are grouped by what they check:
 //! [`addresses`] (ip:port and binds), [`listeners`] (limits, virtual hosts,
-//! domains), [`routes`] (matches and cluster references), [`clusters`]
-//! (endpoints, DNS discovery, balancing) and [`resilience`].
+//! domains), [`routes`] (matches and cluster references), [`admission`]
+//! (JWT and rate limits), [`clusters`] (endpoints, DNS discovery, balancing)
+//! and [`resilience`].
 
 mod addresses;
+mod admission;
 mod authorization;
 mod clusters;
 mod listeners;
@@ -54,24 +56,18 @@ const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
         hint: "remove it; the listener serves plaintext",
     },
     NotYet {
-        key: "jwt",
-        what: "listener `jwt`",
-        used: |l| l.jwt.is_some(),
-        hint: "remove it",
-    },
-    NotYet {
-        key: "rate_limit",
-        what: "`rate_limit`",
-        used: |l| l.rate_limit.is_some(),
-        hint: "remove it",
+        key: "rate_limit.shared",
+        what: "`rate_limit.shared` (one budget across replicas, in Redis)",
+        used: |l| l.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
+        hint: "remove it; each replica keeps its own buckets",
     },
 ];
 
 const NOT_YET_ROUTE: &[NotYet<Route>] = &[NotYet {
-    key: "jwt",
-    what: "route `jwt`",
-    used: |r| r.jwt.is_some(),
-    hint: "remove it",
+    key: "rate_limit.shared",
+    what: "`rate_limit.shared` (one budget across replicas, in Redis)",
+    used: |r| r.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
+    hint: "remove it; each replica keeps its own buckets",
 }];
 
 const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[NotYet {

@@ -2,13 +2,14 @@
 //! that add up), timeouts, and what they match (path, headers, method).
 
 use super::{Rules, NOT_YET_ROUTE};
-use crate::config::model::Route;
+use crate::config::model::{Listener, Route};
 use crate::config::parse::Draft;
 use crate::config::wording::{closest, ticked};
 
 impl Rules<'_> {
-    pub(super) fn route(&mut self, d: &Draft, route: &Route, base: &str) {
+    pub(super) fn route(&mut self, d: &Draft, l: &Listener, route: &Route, base: &str) {
         self.not_yet(NOT_YET_ROUTE, route, base);
+        self.route_admission(l, route, base);
         self.retry(route, base);
         match (&route.cluster, &route.weighted_clusters) {
             (Some(_), Some(_)) => {
@@ -103,7 +104,7 @@ impl Rules<'_> {
     }
 
     /// A route's cluster must exist; suggest the closest name when it does not.
-    fn cluster_ref(&mut self, d: &Draft, path: &str, name: &str) {
+    pub(super) fn cluster_ref(&mut self, d: &Draft, path: &str, name: &str) {
         let Some(names) = &d.cluster_names else {
             return;
         };
