@@ -164,6 +164,7 @@ pub async fn apply(
     *running = kept;
     admin.config.store(next.config.clone());
     admin.clusters.store(Arc::new(next.cluster_list()));
+    admin.certs.store(next.credentials());
     // Dropping the old snapshot stops the tasks of clusters not carried over.
     *snapshot = next;
     metrics.reloads_success.inc();

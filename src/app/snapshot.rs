@@ -15,6 +15,8 @@ use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
+use crate::identity::store::log_reload;
+use crate::identity::{CredentialPaths, CredentialStore};
 use crate::listener::state::{ListenerState, Target};
 use crate::listener::{self, Serving};
 use crate::metrics::Metrics;
@@ -59,8 +61,70 @@ impl ClusterHandle {
     }
 }
 
+/// This workload's mesh identity (top-level `tls`): the credential store
+/// and the task that re-reads its files, which stops when this is dropped.
+pub struct MeshIdentity {
+    pub store: Arc<CredentialStore>,
+    config: config::MeshTls,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl MeshIdentity {
+    /// Load the files (an error names the file and what is wrong) and watch them.
+    fn start(cfg: &config::MeshTls, metrics: &Metrics) -> Result<MeshIdentity, BuildError> {
+        let paths = CredentialPaths {
+            cert: cfg.cert.clone().into(),
+            key: cfg.key.clone().into(),
+            ca: cfg.ca.clone().into(),
+        };
+        let store = Arc::new(
+            CredentialStore::load(paths).map_err(|e| BuildError::Invalid(format!("tls: {e}")))?,
+        );
+        let loaded = store.current();
+        tracing::info!(
+            identity = %loaded.identity(),
+            expiry = %humantime::format_rfc3339_seconds(loaded.expiry()),
+            "TLS credentials loaded"
+        );
+        let expiry = metrics.tls_cert_expiry.clone();
+        expiry.set(gauge_value(loaded.expiry_unix_seconds()));
+        let watched = store.clone();
+        let watch = tokio::spawn(async move {
+            watched
+                .watch(CREDENTIALS_POLL, |result| {
+                    log_reload(result);
+                    if let Ok(c) = result {
+                        expiry.set(gauge_value(c.expiry_unix_seconds()));
+                    }
+                })
+                .await;
+        });
+        Ok(MeshIdentity {
+            store,
+            config: cfg.clone(),
+            watch,
+        })
+    }
+}
+
+impl Drop for MeshIdentity {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// How often the credential files are read for changes.
+const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn gauge_value(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// This workload's mesh identity, kept across reloads that leave `tls:`
+    /// as it is (its watch goes on; a changed `tls:` loads anew).
+    pub mesh: Option<Arc<MeshIdentity>>,
     pub clusters: HashMap<String, Arc<ClusterHandle>>,
     /// Per listener (in config order): its config and request state.
     pub listeners: Vec<(config::Listener, Arc<ListenerState>)>,
@@ -93,6 +157,16 @@ impl Snapshot {
                 DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
             )),
         };
+        let mesh = match &config.tls {
+            None => None,
+            Some(cfg) => match old.and_then(|o| o.mesh.clone()) {
+                Some(kept) if kept.config == *cfg => Some(kept),
+                _ => Some(Arc::new(MeshIdentity::start(cfg, metrics)?)),
+            },
+        };
+        if mesh.is_none() {
+            metrics.tls_cert_expiry.set(0);
+        }
         let mut clusters = HashMap::new();
         for c in &config.clusters {
             let reused = old
@@ -120,10 +194,16 @@ impl Snapshot {
         }
         Ok(Snapshot {
             config: Arc::new(config),
+            mesh,
             clusters,
             listeners,
             resolver,
         })
+    }
+
+    /// The credential store, for `/certs`.
+    pub fn credentials(&self) -> Option<Arc<CredentialStore>> {
+        self.mesh.as_ref().map(|m| m.store.clone())
     }
 
     /// The clusters, sorted by name, for the admin endpoints.

@@ -37,6 +37,10 @@ pub struct Metrics {
     outlier_ejections: IntCounterVec,
     overflow: IntCounterVec,
     authz_denied: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    /// `skiff_tls_cert_expiry_timestamp_seconds`: when this workload's
+    /// certificate lapses (Unix seconds); 0 without a mesh identity.
+    pub tls_cert_expiry: IntGauge,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -126,6 +130,16 @@ impl Metrics {
             "Requests denied by the listener's authorization policy (403).",
             &["listener"],
         )?;
+        let tls_handshakes = counter(
+            "skiff_tls_handshakes_total",
+            "TLS handshakes, by side (inbound, outbound), listener or cluster, and result (success or the failure's kind).",
+            &["side", "name", "result"],
+        )?;
+        let tls_cert_expiry = IntGauge::new(
+            "skiff_tls_cert_expiry_timestamp_seconds",
+            "When this workload's certificate lapses, in Unix seconds.",
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -155,12 +169,22 @@ impl Metrics {
             outlier_ejections,
             overflow,
             authz_denied,
+            tls_handshakes,
+            tls_cert_expiry,
             reloads_success,
             reloads_failure,
         })
     }
 
     /// Handles for one listener.
+    /// Count one TLS handshake: `side` is `inbound` (a listener) or
+    /// `outbound` (a cluster), `result` is `success` or the failure's label.
+    pub fn tls_handshake(&self, side: &str, name: &str, result: &str) {
+        self.tls_handshakes
+            .with_label_values(&[side, name, result])
+            .inc();
+    }
+
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[listener]),
