@@ -121,3 +121,171 @@ async fn the_store_is_kept_across_a_reload_that_leaves_tls_as_it_is() -> anyhow:
     assert!(body.contains(&ca.id("/ns/shop/sa/payment")), "{body}");
     proxy.stop().await
 }
+
+/// A client's workload credentials, as a store (for skiff's own TLS client).
+fn store(files: &SvidFiles) -> anyhow::Result<std::sync::Arc<skiff::identity::CredentialStore>> {
+    use skiff::identity::{CredentialPaths, CredentialStore};
+    Ok(std::sync::Arc::new(CredentialStore::load(
+        CredentialPaths {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        },
+    )?))
+}
+
+/// GET `path` over mesh mTLS (HTTP/2, as ALPN says) with `client`'s
+/// identity, expecting the server to be `server`; the status.
+async fn mtls_get(
+    addr: std::net::SocketAddr,
+    client: &SvidFiles,
+    server: &str,
+    path: &str,
+) -> anyhow::Result<u16> {
+    use skiff::identity::Identity;
+    use skiff::tls::client::{self, ClientTls};
+    let tls = ClientTls::mesh(store(client)?, vec![Identity::parse(server)?])?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let (stream, _) = client::connect(&tls, name, tcp).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://app{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    Ok(resp.status().as_u16())
+}
+
+/// A plaintext HTTP/1.1 GET; the status, or an error when the connection
+/// is closed without an answer.
+async fn plain_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "app")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(send.send_request(req).await?.status().as_u16())
+}
+
+/// An inbound proxy with `mode`, its identity `files`, admitting only `allowed`
+/// (and plaintext peers), in front of `backend`.
+fn inbound(files: &SvidFiles, mode: &str, allowed: &str, backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"admin:
+  address: 127.0.0.1:0
+tls:
+  cert: {}
+  key: {}
+  ca: {}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    tls: {{ mode: {mode} }}
+    authorization:
+      - allow: {{ principals: ["{allowed}"] }}
+      - allow: {{ unauthenticated: true }}
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - cluster: app
+clusters:
+  - name: app
+    endpoints: ["{backend}"]
+"#,
+        files.cert.display(),
+        files.key.display(),
+        files.ca.display()
+    )
+}
+
+#[tokio::test]
+async fn a_strict_listener_takes_mtls_with_the_peer_identity_and_refuses_the_rest(
+) -> anyhow::Result<()> {
+    use support::http_backend::HttpBackend;
+    let ca = TestCa::root("cluster.local")?;
+    let dir = ScratchDir::new("mtls-strict")?;
+    let (payment, order, stranger) = (
+        svid(&ca, &dir, "payment")?,
+        svid(&ca, &dir, "order")?,
+        svid(&ca, &dir, "stranger")?,
+    );
+    let backend = HttpBackend::start().await?;
+    let order_id = ca.id("/ns/shop/sa/order");
+    let proxy = Proxy::start(&inbound(&payment, "strict", &order_id, backend.addr())).await?;
+    let addr = proxy.listener("inbound").expect("inbound listener");
+    let payment_id = ca.id("/ns/shop/sa/payment");
+
+    assert_eq!(mtls_get(addr, &order, &payment_id, "/hello").await?, 200);
+    let seen = backend.last().expect("the request reached the app");
+    assert_eq!(
+        seen.header("x-skiff-peer-identity"),
+        Some(order_id.as_str())
+    );
+
+    // Another workload of the mesh: verified, then denied by authorization.
+    assert_eq!(mtls_get(addr, &stranger, &payment_id, "/hello").await?, 403);
+    assert_eq!(backend.seen().len(), 1);
+
+    // Plaintext is refused: no answer, counted.
+    assert!(plain_get(addr, "/hello").await.is_err());
+    assert_eq!(backend.seen().len(), 1);
+    let labels = |result| [("side", "inbound"), ("name", "inbound"), ("result", result)];
+    support::eventually(std::time::Duration::from_secs(5), || async {
+        let refused = proxy
+            .metric("skiff_tls_handshakes_total", &labels("plaintext"))
+            .await?;
+        anyhow::ensure!(refused == 1.0, "plaintext refusals counted: {refused}");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        proxy
+            .metric("skiff_tls_handshakes_total", &labels("success"))
+            .await?,
+        2.0
+    );
+
+    // A client from another CA is refused in the handshake.
+    let other = TestCa::root("cluster.local")?;
+    let foreign = svid(&other, &dir, "foreign")?;
+    assert!(mtls_get(addr, &foreign, &payment_id, "/hello")
+        .await
+        .is_err());
+    proxy.stop().await
+}
+
+#[tokio::test]
+async fn a_permissive_listener_takes_plaintext_and_mtls() -> anyhow::Result<()> {
+    use support::http_backend::HttpBackend;
+    let ca = TestCa::root("cluster.local")?;
+    let dir = ScratchDir::new("mtls-permissive")?;
+    let (payment, order) = (svid(&ca, &dir, "payment")?, svid(&ca, &dir, "order")?);
+    let backend = HttpBackend::start().await?;
+    let order_id = ca.id("/ns/shop/sa/order");
+    let proxy = Proxy::start(&inbound(&payment, "permissive", &order_id, backend.addr())).await?;
+    let addr = proxy.listener("inbound").expect("inbound listener");
+
+    assert_eq!(plain_get(addr, "/plain").await?, 200);
+    assert_eq!(
+        backend
+            .last()
+            .and_then(|s| s.header("x-skiff-peer-identity").map(str::to_owned)),
+        None
+    );
+    assert_eq!(
+        mtls_get(addr, &order, &ca.id("/ns/shop/sa/payment"), "/tls").await?,
+        200
+    );
+    let seen = backend.last().expect("the request reached the app");
+    assert_eq!(
+        seen.header("x-skiff-peer-identity"),
+        Some(order_id.as_str())
+    );
+    proxy.stop().await
+}

@@ -14,14 +14,15 @@ use crate::admission::authorization::Policy;
 use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerTlsMode};
 use crate::identity::store::log_reload;
 use crate::identity::{CredentialPaths, CredentialStore};
 use crate::listener::state::{ListenerState, Target};
-use crate::listener::{self, Serving};
+use crate::listener::{self, InboundTls, Serving};
 use crate::metrics::Metrics;
 use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
+use crate::tls::server::ServerTls;
 
 /// A cluster and its background tasks (discovery, health checks), which
 /// stop when the handle is dropped.
@@ -189,7 +190,13 @@ impl Snapshot {
         for l in &config.listeners {
             listeners.push((
                 l.clone(),
-                Arc::new(listener_state(l, &clusters, metrics, access_log)?),
+                Arc::new(listener_state(
+                    l,
+                    &clusters,
+                    metrics,
+                    access_log,
+                    mesh.as_ref().map(|m| &m.store),
+                )?),
             ));
         }
         Ok(Snapshot {
@@ -223,7 +230,25 @@ fn listener_state(
     clusters: &HashMap<String, Arc<ClusterHandle>>,
     metrics: &Metrics,
     access_log: &Option<Arc<AccessLog>>,
+    mesh: Option<&Arc<CredentialStore>>,
 ) -> Result<ListenerState, BuildError> {
+    let mode = l.tls.as_ref().map(|t| t.mode).unwrap_or_default();
+    let tls = match (mode.needs_mesh_identity(), mesh) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(BuildError::Invalid(format!(
+                "listener {}: tls.mode needs the top-level tls identity",
+                l.name
+            )))
+        }
+        (true, Some(store)) => Some(InboundTls {
+            strict: mode == ListenerTlsMode::Strict,
+            server: ServerTls::mesh(store.clone())
+                .map_err(|e| BuildError::Invalid(format!("listener {}: tls: {e}", l.name)))?,
+            metrics: metrics.clone(),
+            listener: l.name.as_str().into(),
+        }),
+    };
     let mut per_cluster: HashMap<String, Target> = HashMap::new();
     let router = Router::build(l, |name| {
         if let Some(t) = per_cluster.get(name) {
@@ -257,6 +282,7 @@ fn listener_state(
             detect_timeout: l.limits.detect_timeout.get(),
             connection_idle_timeout: l.limits.connection_idle_timeout.get(),
             connect_timeout: std::time::Duration::from_secs(1),
+            tls,
         }),
         passthrough,
     })
