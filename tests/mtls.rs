@@ -289,3 +289,107 @@ async fn a_permissive_listener_takes_plaintext_and_mtls() -> anyhow::Result<()> 
     );
     proxy.stop().await
 }
+
+/// An outbound proxy with identity `files`: host `right` goes to `inbound`
+/// expecting `expected`, host `wrong` to the same address expecting another
+/// workload.
+fn outbound(files: &SvidFiles, inbound: std::net::SocketAddr, expected: &str) -> String {
+    format!(
+        r#"admin:
+  address: 127.0.0.1:0
+tls:
+  cert: {}
+  key: {}
+  ca: {}
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    direction: outbound
+    virtual_hosts:
+      - name: right
+        domains: ["right"]
+        routes:
+          - cluster: right
+      - name: wrong
+        domains: ["wrong"]
+        routes:
+          - cluster: wrong
+clusters:
+  - name: right
+    endpoints: ["{inbound}"]
+    tls: {{ mode: mesh, identities: ["{expected}"] }}
+  - name: wrong
+    endpoints: ["{inbound}"]
+    tls: {{ mode: mesh, identities: ["spiffe://cluster.local/ns/shop/sa/someone-else"] }}
+"#,
+        files.cert.display(),
+        files.key.display(),
+        files.ca.display()
+    )
+}
+
+/// A plaintext HTTP/1.1 GET to `addr` for `host`: the status and `x-skiff-error`.
+async fn get_host(addr: std::net::SocketAddr, host: &str) -> anyhow::Result<(u16, Option<String>)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/call")
+        .header("host", host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let error = resp
+        .headers()
+        .get("x-skiff-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((resp.status().as_u16(), error))
+}
+
+#[tokio::test]
+async fn a_mesh_cluster_reaches_a_strict_sidecar_and_refuses_an_unexpected_identity(
+) -> anyhow::Result<()> {
+    use support::http_backend::HttpBackend;
+    let ca = TestCa::root("cluster.local")?;
+    let dir = ScratchDir::new("mtls-two-sidecars")?;
+    let (a, b) = (svid(&ca, &dir, "order")?, svid(&ca, &dir, "payment")?);
+    let (a_id, b_id) = (ca.id("/ns/shop/sa/order"), ca.id("/ns/shop/sa/payment"));
+    let backend = HttpBackend::start().await?;
+    let sidecar_b = Proxy::start(&inbound(&b, "strict", &a_id, backend.addr())).await?;
+    let b_addr = sidecar_b.listener("inbound").expect("inbound listener");
+    let sidecar_a = Proxy::start(&outbound(&a, b_addr, &b_id)).await?;
+    let a_addr = sidecar_a.listener("outbound").expect("outbound listener");
+
+    // HTTP/1.1 from the app, mTLS (h2) between the sidecars.
+    assert_eq!(get_host(a_addr, "right").await?, (200, None));
+    let seen = backend.last().expect("the request reached the app");
+    assert_eq!(seen.header("x-skiff-peer-identity"), Some(a_id.as_str()));
+
+    let (status, error) = get_host(a_addr, "wrong").await?;
+    assert_eq!((status, error.as_deref()), (502, Some("connect_failure")));
+    assert_eq!(backend.seen().len(), 1);
+    let failed = sidecar_a
+        .metric(
+            "skiff_tls_handshakes_total",
+            &[
+                ("side", "outbound"),
+                ("name", "wrong"),
+                ("result", "bad_identity"),
+            ],
+        )
+        .await?;
+    assert!(failed >= 1.0, "bad_identity handshakes counted: {failed}");
+    let ok = sidecar_a
+        .metric(
+            "skiff_tls_handshakes_total",
+            &[
+                ("side", "outbound"),
+                ("name", "right"),
+                ("result", "success"),
+            ],
+        )
+        .await?;
+    assert_eq!(ok, 1.0);
+    sidecar_a.stop().await?;
+    sidecar_b.stop().await
+}

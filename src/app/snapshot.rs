@@ -38,8 +38,12 @@ impl ClusterHandle {
         metrics: &Metrics,
         resolver: &Option<Arc<DnsResolver>>,
         seed: Option<Vec<(std::net::SocketAddr, u32)>>,
-    ) -> Self {
-        let cluster = Arc::new(Cluster::from_config(cfg, metrics));
+        mesh: Option<&Arc<CredentialStore>>,
+    ) -> Result<Self, BuildError> {
+        let cluster = Arc::new(
+            Cluster::from_config(cfg, metrics, mesh)
+                .map_err(|e| BuildError::Invalid(format!("cluster {}: tls: {e}", cfg.name)))?,
+        );
         if let Some(seed) = seed {
             cluster.set_endpoints(seed);
         }
@@ -54,11 +58,11 @@ impl ClusterHandle {
                 stop_rx,
             ));
         }
-        ClusterHandle {
+        Ok(ClusterHandle {
             cluster,
             config: cfg.clone(),
             _stop: stop,
-        }
+        })
     }
 }
 
@@ -168,22 +172,33 @@ impl Snapshot {
         if mesh.is_none() {
             metrics.tls_cert_expiry.set(0);
         }
+        let mesh_changed = old.is_some_and(|o| match (&o.mesh, &mesh) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        });
         let mut clusters = HashMap::new();
         for c in &config.clusters {
             let reused = old
                 .and_then(|o| o.clusters.get(&c.name))
                 .filter(|_| !(c.dns.is_some() && resolver_changed))
                 .filter(|h| same(&h.config, c))
+                // A mesh cluster holds the store it was built with.
+                .filter(|_| c.tls.is_none() || !mesh_changed)
                 .cloned();
-            let handle = reused.unwrap_or_else(|| {
-                // A rebuilt DNS cluster starts from the endpoints its
-                // predecessor knew, not empty, until its own first answer.
-                let seed = old
-                    .and_then(|o| o.clusters.get(&c.name))
-                    .filter(|prev| c.dns.is_some() && prev.cluster.is_discovered())
-                    .map(|prev| prev.cluster.endpoint_addrs());
-                Arc::new(ClusterHandle::start(c, metrics, &resolver, seed))
-            });
+            let handle = match reused {
+                Some(h) => h,
+                None => {
+                    // A rebuilt DNS cluster starts from the endpoints its
+                    // predecessor knew, not empty, until its own first answer.
+                    let seed = old
+                        .and_then(|o| o.clusters.get(&c.name))
+                        .filter(|prev| c.dns.is_some() && prev.cluster.is_discovered())
+                        .map(|prev| prev.cluster.endpoint_addrs());
+                    let store = mesh.as_ref().map(|m| &m.store);
+                    Arc::new(ClusterHandle::start(c, metrics, &resolver, seed, store)?)
+                }
+            };
             clusters.insert(c.name.clone(), handle);
         }
         let mut listeners = Vec::new();
