@@ -393,3 +393,52 @@ async fn a_mesh_cluster_reaches_a_strict_sidecar_and_refuses_an_unexpected_ident
     sidecar_a.stop().await?;
     sidecar_b.stop().await
 }
+
+/// The same path through two `skiff run` processes, with gRPC: the app's
+/// call reaches the backend with the caller's identity, and the strict
+/// sidecar logs why it refused plaintext.
+#[tokio::test]
+async fn grpc_through_two_skiff_processes_carries_the_callers_identity() -> anyhow::Result<()> {
+    use support::grpc_backend::{echo_client, EchoRequest, GrpcBackend};
+    use support::process::SkiffProcess;
+    let ca = TestCa::root("cluster.local")?;
+    let dir = ScratchDir::new("mtls-processes")?;
+    let (a, b) = (svid(&ca, &dir, "order")?, svid(&ca, &dir, "payment")?);
+    let (a_id, b_id) = (ca.id("/ns/shop/sa/order"), ca.id("/ns/shop/sa/payment"));
+    let backend = GrpcBackend::start().await?;
+    let b_config = dir.write(
+        "b.yaml",
+        inbound(&b, "strict", &a_id, backend.addr())
+            .replace("\n      - allow: { unauthenticated: true }", ""),
+    )?;
+    let sidecar_b = SkiffProcess::start(&b_config, &["inbound"])?;
+    let b_addr = sidecar_b.listener("inbound")?;
+    let a_config = dir.write(
+        "a.yaml",
+        outbound(&a, b_addr, &b_id).replace("domains: [\"right\"]", "domains: [\"right\", \"*\"]"),
+    )?;
+    let sidecar_a = SkiffProcess::start(&a_config, &["outbound"])?;
+    let a_addr = sidecar_a.listener("outbound")?;
+
+    let mut client = echo_client(a_addr).await?;
+    client.unary(EchoRequest::default()).await?;
+    let seen = backend.seen();
+    let last = seen.last().expect("the call reached the backend");
+    assert_eq!(
+        last.get("x-skiff-peer-identity")
+            .and_then(|v| v.to_str().ok()),
+        Some(a_id.as_str())
+    );
+
+    assert!(plain_get(b_addr, "/skiff.test.Echo/Unary").await.is_err());
+    support::eventually(std::time::Duration::from_secs(5), || async {
+        let log = sidecar_b.lines.joined();
+        anyhow::ensure!(
+            log.contains("TLS connection refused") && log.contains("plaintext"),
+            "no refusal logged yet:\n{log}"
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
