@@ -251,12 +251,29 @@ async fn a_strict_listener_takes_mtls_with_the_peer_identity_and_refuses_the_res
         2.0
     );
 
-    // A client from another CA is refused in the handshake.
-    let other = TestCa::root("cluster.local")?;
-    let foreign = svid(&other, &dir, "foreign")?;
+    // A client from another trust domain (which trusts ours) is refused in
+    // the handshake, and the reason counted.
+    let other = TestCa::root("elsewhere.example")?;
+    let d = dir.path().join("foreign");
+    std::fs::create_dir_all(&d)?;
+    let foreign = other
+        .svid("/ns/shop/sa/order")?
+        .write(&d, &[&other.root_pem, &ca.root_pem])?;
     assert!(mtls_get(addr, &foreign, &payment_id, "/hello")
         .await
         .is_err());
+    assert_eq!(backend.seen().len(), 1);
+    support::eventually(std::time::Duration::from_secs(5), || async {
+        let n = proxy
+            .metric(
+                "skiff_tls_handshakes_total",
+                &labels("foreign_trust_domain"),
+            )
+            .await?;
+        anyhow::ensure!(n == 1.0, "foreign trust domain refusals counted: {n}");
+        Ok(())
+    })
+    .await?;
     proxy.stop().await
 }
 
