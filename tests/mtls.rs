@@ -1,6 +1,10 @@
-//! Mesh TLS (docs/config.md, `tls`): this workload's identity loaded from
-//! SVID files minted here by a test CA, shown at `/certs` and in
-//! `skiff_tls_cert_expiry_timestamp_seconds`, kept across reloads.
+//! Mesh TLS (docs/config.md, `tls`), with SVIDs minted here by a test CA:
+//! this workload's identity at `/certs` and in
+//! `skiff_tls_cert_expiry_timestamp_seconds`, kept across reloads; strict
+//! and permissive listeners (the peer's SPIFFE ID to the app, authorization
+//! by it, plaintext and foreign peers refused and counted); mesh clusters
+//! (an unexpected server identity is `connect_failure`); two sidecars end to
+//! end, in process and as `skiff run` processes.
 
 mod support;
 
