@@ -178,16 +178,49 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
         .collect();
     let l = "listeners[0]";
     let r = "listeners[0].virtual_hosts[0].routes[0]";
-    let c = "clusters[0]";
     let want: Vec<(usize, usize, String)> = [
-        (6, 1, "tls".to_string()),
-        (16, 5, format!("{l}.tls")),
-        (20, 57, format!("{l}.rate_limit.shared")),
-        (28, 51, format!("{r}.rate_limit.shared")),
-        (35, 5, format!("{c}.tls")),
+        (17, 12, format!("{l}.tls.mode")),
+        (21, 57, format!("{l}.rate_limit.shared")),
+        (29, 51, format!("{r}.rate_limit.shared")),
     ]
     .into();
     assert_eq!(got, want);
+}
+
+// Mesh TLS: this workload's identity, listener modes, cluster mesh and simple TLS.
+rule!(tls_empty_file, "tls_empty_file.yaml", 5:9, "tls.cert", "`cert` cannot be empty");
+rule!(tls_missing_ca, "tls_missing_ca.yaml", 5:3, "tls", "missing required key `ca` in `tls`");
+rule!(tls_listener_mode, "tls_listener_mode.yaml", 11:18, "listeners[0].tls.mode", "unknown value `mtls`; expected one of `strict`, `permissive`, `disabled`");
+rule!(tls_listener_without_identity, "tls_listener_without_identity.yaml", 7:5, "listeners[0].tls", "listener `tls.mode: strict` needs this workload's identity: add a top-level `tls`");
+rule!(tls_listener_cert_without_terminate, "tls_listener_cert_without_terminate.yaml", 11:26, "listeners[0].tls.cert", "`cert` belongs to `mode: terminate`");
+rule!(tls_cluster_mode, "tls_cluster_mode.yaml", 20:18, "clusters[0].tls.mode", "unknown value `tls`; expected one of `mesh`, `simple`, `disabled`");
+rule!(tls_cluster_without_identity, "tls_cluster_without_identity.yaml", 16:5, "clusters[0].tls", "cluster `tls.mode: mesh` needs this workload's identity");
+rule!(tls_cluster_no_identities, "tls_cluster_no_identities.yaml", 20:10, "clusters[0].tls", "`mode: mesh` needs `identities`");
+rule!(tls_cluster_bad_identity, "tls_cluster_bad_identity.yaml", 20:78, "clusters[0].tls.identities[1]", "`shop/app` is not a SPIFFE ID: a SPIFFE ID starts with spiffe://");
+rule!(tls_cluster_simple_without_server_name, "tls_cluster_simple_without_server_name.yaml", 20:10, "clusters[0].tls", "`mode: simple` needs `server_name`");
+rule!(tls_cluster_stray_key, "tls_cluster_stray_key.yaml", 20:79, "clusters[0].tls.server_name", "`server_name` does not apply to `mode: mesh`");
+
+#[test]
+fn every_mesh_tls_form_is_accepted() {
+    use skiff::config::model::{ClusterTlsMode, ListenerTlsMode};
+    let config = config::load_file(&fixture("tls_mesh.yaml")).unwrap();
+    assert_eq!(config.tls.as_ref().unwrap().ca, "/var/run/skiff/tls/ca.pem");
+    let modes: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.tls.as_ref().unwrap().mode)
+        .collect();
+    assert_eq!(
+        modes,
+        [ListenerTlsMode::Strict, ListenerTlsMode::Permissive]
+    );
+    let payment = config.clusters[1].tls.as_ref().unwrap();
+    assert_eq!(payment.mode, ClusterTlsMode::Mesh);
+    assert_eq!(payment.identities.len(), 2);
+    let auth = config.clusters[2].tls.as_ref().unwrap();
+    assert_eq!(auth.mode, ClusterTlsMode::Simple);
+    assert_eq!(auth.server_name.as_deref(), Some("auth.example.com"));
+    assert!(config.clusters[3].tls.as_ref().unwrap().ca.is_none());
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -19,6 +19,7 @@ use crate::admission::jwks::Jwks;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::body::ProxyBody;
+use crate::identity::CredentialStore;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub shutdown: Notify,
     /// Notified by `POST /drain`.
     pub drain: Notify,
+    /// This workload's mesh credentials, when the config has `tls` (swapped on reload).
+    pub certs: ArcSwapOption<CredentialStore>,
 }
 
 /// Serve admin requests until `stop` turns true.
@@ -103,6 +106,13 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             }
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
+        (&Method::GET, "/certs") => match &*state.certs.load() {
+            Some(store) => json(store.current().view()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no mesh identity: the config has no top-level `tls`\n",
+            ),
+        },
         (&Method::GET, "/clusters") => {
             let clusters: Vec<_> = state.clusters.load().iter().map(|c| c.status()).collect();
             json(&serde_json::json!({ "clusters": clusters }))
@@ -121,11 +131,12 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (
             _,
-            "/metrics" | "/ready" | "/live" | "/config_dump" | "/clusters" | "/shutdown" | "/drain",
+            "/metrics" | "/ready" | "/live" | "/config_dump" | "/clusters" | "/certs" | "/shutdown"
+            | "/drain",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /ready /live /config_dump /clusters, POST /drain /shutdown\n",
+            "not found; try /metrics /ready /live /config_dump /clusters /certs, POST /drain /shutdown\n",
         ),
     }
 }

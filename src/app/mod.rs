@@ -314,6 +314,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         draining: Default::default(),
         shutdown: Notify::new(),
         drain: Notify::new(),
+        certs: arc_swap::ArcSwapOption::new(snapshot.credentials()),
     });
     Ok(Bound {
         admin_addr,

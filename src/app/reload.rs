@@ -165,6 +165,7 @@ pub async fn apply(
     admin.config.store(next.config.clone());
     admin.clusters.store(Arc::new(next.cluster_list()));
     admin.jwks.store(Arc::new(next.jwks_list()));
+    admin.certs.store(next.credentials());
     // Dropping the old snapshot stops the tasks of clusters not carried over.
     *snapshot = next;
     metrics.reloads_success.inc();

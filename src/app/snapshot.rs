@@ -17,12 +17,15 @@ use crate::admission::Admission;
 use crate::cluster::discovery::{self, dns::DnsResolver};
 use crate::cluster::passthrough::Passthrough;
 use crate::cluster::Cluster;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerTlsMode};
+use crate::identity::store::log_reload;
+use crate::identity::{CredentialPaths, CredentialStore};
 use crate::listener::state::{ListenerState, Target};
-use crate::listener::{self, Serving};
+use crate::listener::{self, InboundTls, Serving};
 use crate::metrics::Metrics;
 use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
+use crate::tls::server::ServerTls;
 
 /// A cluster and its background tasks (discovery, health checks), which
 /// stop when the handle is dropped.
@@ -38,8 +41,12 @@ impl ClusterHandle {
         metrics: &Metrics,
         resolver: &Option<Arc<DnsResolver>>,
         seed: Option<Vec<(std::net::SocketAddr, u32)>>,
-    ) -> Self {
-        let cluster = Arc::new(Cluster::from_config(cfg, metrics));
+        mesh: Option<&Arc<CredentialStore>>,
+    ) -> Result<Self, BuildError> {
+        let cluster = Arc::new(
+            Cluster::from_config(cfg, metrics, mesh)
+                .map_err(|e| BuildError::Invalid(format!("cluster {}: tls: {e}", cfg.name)))?,
+        );
         if let Some(seed) = seed {
             cluster.set_endpoints(seed);
         }
@@ -54,11 +61,11 @@ impl ClusterHandle {
                 stop_rx,
             ));
         }
-        ClusterHandle {
+        Ok(ClusterHandle {
             cluster,
             config: cfg.clone(),
             _stop: stop,
-        }
+        })
     }
 }
 
@@ -109,8 +116,70 @@ impl JwksHandle {
     }
 }
 
+/// This workload's mesh identity (top-level `tls`): the credential store
+/// and the task that re-reads its files, which stops when this is dropped.
+pub struct MeshIdentity {
+    pub store: Arc<CredentialStore>,
+    config: config::MeshTls,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl MeshIdentity {
+    /// Load the files (an error names the file and what is wrong) and watch them.
+    fn start(cfg: &config::MeshTls, metrics: &Metrics) -> Result<MeshIdentity, BuildError> {
+        let paths = CredentialPaths {
+            cert: cfg.cert.clone().into(),
+            key: cfg.key.clone().into(),
+            ca: cfg.ca.clone().into(),
+        };
+        let store = Arc::new(
+            CredentialStore::load(paths).map_err(|e| BuildError::Invalid(format!("tls: {e}")))?,
+        );
+        let loaded = store.current();
+        tracing::info!(
+            identity = %loaded.identity(),
+            expiry = %humantime::format_rfc3339_seconds(loaded.expiry()),
+            "TLS credentials loaded"
+        );
+        let expiry = metrics.tls_cert_expiry.clone();
+        expiry.set(gauge_value(loaded.expiry_unix_seconds()));
+        let watched = store.clone();
+        let watch = tokio::spawn(async move {
+            watched
+                .watch(CREDENTIALS_POLL, |result| {
+                    log_reload(result);
+                    if let Ok(c) = result {
+                        expiry.set(gauge_value(c.expiry_unix_seconds()));
+                    }
+                })
+                .await;
+        });
+        Ok(MeshIdentity {
+            store,
+            config: cfg.clone(),
+            watch,
+        })
+    }
+}
+
+impl Drop for MeshIdentity {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// How often the credential files are read for changes.
+const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn gauge_value(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// This workload's mesh identity, kept across reloads that leave `tls:`
+    /// as it is (its watch goes on; a changed `tls:` loads anew).
+    pub mesh: Option<Arc<MeshIdentity>>,
     pub clusters: HashMap<String, Arc<ClusterHandle>>,
     /// Per listener (in config order): its config and request state.
     pub listeners: Vec<(config::Listener, Arc<ListenerState>)>,
@@ -148,22 +217,43 @@ impl Snapshot {
                 DnsResolver::new(config.resolver.as_ref()).map_err(BuildError::Invalid)?,
             )),
         };
+        let mesh = match &config.tls {
+            None => None,
+            Some(cfg) => match old.and_then(|o| o.mesh.clone()) {
+                Some(kept) if kept.config == *cfg => Some(kept),
+                _ => Some(Arc::new(MeshIdentity::start(cfg, metrics)?)),
+            },
+        };
+        if mesh.is_none() {
+            metrics.tls_cert_expiry.set(0);
+        }
+        let mesh_changed = old.is_some_and(|o| match (&o.mesh, &mesh) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        });
         let mut clusters = HashMap::new();
         for c in &config.clusters {
             let reused = old
                 .and_then(|o| o.clusters.get(&c.name))
                 .filter(|_| !(c.dns.is_some() && resolver_changed))
                 .filter(|h| same(&h.config, c))
+                // A mesh cluster holds the store it was built with.
+                .filter(|_| c.tls.is_none() || !mesh_changed)
                 .cloned();
-            let handle = reused.unwrap_or_else(|| {
-                // A rebuilt DNS cluster starts from the endpoints its
-                // predecessor knew, not empty, until its own first answer.
-                let seed = old
-                    .and_then(|o| o.clusters.get(&c.name))
-                    .filter(|prev| c.dns.is_some() && prev.cluster.is_discovered())
-                    .map(|prev| prev.cluster.endpoint_addrs());
-                Arc::new(ClusterHandle::start(c, metrics, &resolver, seed))
-            });
+            let handle = match reused {
+                Some(h) => h,
+                None => {
+                    // A rebuilt DNS cluster starts from the endpoints its
+                    // predecessor knew, not empty, until its own first answer.
+                    let seed = old
+                        .and_then(|o| o.clusters.get(&c.name))
+                        .filter(|prev| c.dns.is_some() && prev.cluster.is_discovered())
+                        .map(|prev| prev.cluster.endpoint_addrs());
+                    let store = mesh.as_ref().map(|m| &m.store);
+                    Arc::new(ClusterHandle::start(c, metrics, &resolver, seed, store)?)
+                }
+            };
             clusters.insert(c.name.clone(), handle);
         }
         let mut listeners = Vec::new();
@@ -199,11 +289,13 @@ impl Snapshot {
                     metrics,
                     access_log,
                     admission.map(Arc::new),
+                    mesh.as_ref().map(|m| &m.store),
                 )?),
             ));
         }
         Ok(Snapshot {
             config: Arc::new(config),
+            mesh,
             clusters,
             listeners,
             resolver,
@@ -215,6 +307,11 @@ impl Snapshot {
     /// The key sets of the `jwt:` listeners, for readiness.
     pub fn jwks_list(&self) -> Vec<Arc<Jwks>> {
         self.jwks.values().map(|h| h.jwks.clone()).collect()
+    }
+
+    /// The credential store, for `/certs`.
+    pub fn credentials(&self) -> Option<Arc<CredentialStore>> {
+        self.mesh.as_ref().map(|m| m.store.clone())
     }
 
     /// The clusters, sorted by name, for the admin endpoints.
@@ -235,7 +332,25 @@ fn listener_state(
     metrics: &Metrics,
     access_log: &Option<Arc<AccessLog>>,
     admission: Option<Arc<Admission>>,
+    mesh: Option<&Arc<CredentialStore>>,
 ) -> Result<ListenerState, BuildError> {
+    let mode = l.tls.as_ref().map(|t| t.mode).unwrap_or_default();
+    let tls = match (mode.needs_mesh_identity(), mesh) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(BuildError::Invalid(format!(
+                "listener {}: tls.mode needs the top-level tls identity",
+                l.name
+            )))
+        }
+        (true, Some(store)) => Some(InboundTls {
+            strict: mode == ListenerTlsMode::Strict,
+            server: ServerTls::mesh(store.clone())
+                .map_err(|e| BuildError::Invalid(format!("listener {}: tls: {e}", l.name)))?,
+            metrics: metrics.clone(),
+            listener: l.name.as_str().into(),
+        }),
+    };
     let mut per_cluster: HashMap<String, Target> = HashMap::new();
     let router = Router::build(l, |name| {
         if let Some(t) = per_cluster.get(name) {
@@ -270,6 +385,7 @@ fn listener_state(
             connection_idle_timeout: l.limits.connection_idle_timeout.get(),
             max_connections: l.limits.max_connections,
             connect_timeout: std::time::Duration::from_secs(1),
+            tls,
         }),
         passthrough,
         admission,

@@ -20,6 +20,7 @@ use http::HeaderName;
 use serde::Serialize;
 
 use crate::config::{self, LbPolicy};
+use crate::identity::CredentialStore;
 use crate::metrics::{ClusterMetrics, Metrics};
 use crate::resilience::breaker::Limits;
 use crate::resilience::median::Median;
@@ -66,14 +67,46 @@ pub struct Cluster {
 impl Cluster {
     /// Build a cluster from its validated config. Static endpoints are set
     /// here; a `dns:` cluster starts empty until [`discovery`] answers.
-    pub fn from_config(c: &config::Cluster, metrics: &Metrics) -> Self {
+    /// A cluster whose connections follow its `tls` (mesh needs this
+    /// workload's credential store); an error says why its TLS cannot be used.
+    pub fn from_config(
+        c: &config::Cluster,
+        metrics: &Metrics,
+        mesh: Option<&Arc<CredentialStore>>,
+    ) -> Result<Self, String> {
+        let connector = crate::tls::connector::for_cluster(c, mesh, metrics)?;
+        // Mesh mTLS offers only h2 (ALPN), so the pool speaks HTTP/2 on it
+        // whatever the downstream request spoke.
+        let mesh_tls = c
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == config::ClusterTlsMode::Mesh);
+        let protocol = if mesh_tls {
+            config::UpstreamProtocol::Http2
+        } else {
+            c.protocol
+        };
+        Ok(Cluster::with_connector(c, metrics, connector, protocol))
+    }
+
+    /// A cluster on plain TCP, whatever its `tls` says.
+    pub fn plain(c: &config::Cluster, metrics: &Metrics) -> Self {
+        Cluster::with_connector(c, metrics, Connector::tcp(), c.protocol)
+    }
+
+    fn with_connector(
+        c: &config::Cluster,
+        metrics: &Metrics,
+        connector: Connector,
+        protocol: config::UpstreamProtocol,
+    ) -> Self {
         let limits = Arc::new(Limits::new(c.circuit_breaker.as_ref()));
         let pool = PoolConfig {
             connect_timeout: c.connect_timeout.get(),
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint,
             limits: limits.clone(),
-            connector: Connector::tcp(),
+            connector,
         };
         let ewma = c
             .peak_ewma
@@ -84,7 +117,7 @@ impl Cluster {
             });
         let cluster = Cluster {
             name: c.name.as_str().into(),
-            protocol: c.protocol,
+            protocol,
             policy: c.lb,
             hash_header: c
                 .hash_header

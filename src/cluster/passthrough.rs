@@ -25,7 +25,7 @@ impl Passthrough {
     pub fn new(listener: &str, metrics: &Metrics) -> Self {
         let cfg = config::Cluster::with_defaults(Self::CLUSTER);
         Passthrough {
-            cluster: Arc::new(Cluster::from_config(&cfg, metrics)),
+            cluster: Arc::new(Cluster::plain(&cfg, metrics)),
             metrics: Arc::new(metrics.route(listener, Self::CLUSTER)),
             endpoints: Mutex::new(HashMap::new()),
         }

@@ -115,11 +115,15 @@ pub struct Resolver {
     pub servers: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// This workload's mesh identity: the SVID files, re-read when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeshTls {
+    /// The X.509 SVID chain, leaf first (PEM).
     pub cert: String,
+    /// The private key (PKCS#8, SEC1 or PKCS#1 PEM).
     pub key: String,
+    /// The trust bundle: one or more roots (PEM).
     pub ca: String,
 }
 
@@ -590,28 +594,67 @@ pub struct CircuitBreaker {
     pub max_connections: Option<u32>,
 }
 
+/// A listener's `tls`: whether it speaks mesh mTLS (with the top-level
+/// `tls` identity) or plaintext.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
-    /// strict | permissive | disabled | terminate
-    pub mode: String,
-    #[serde(default)]
+    pub mode: ListenerTlsMode,
+    /// For `terminate` (not built yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
-    #[serde(default)]
+    /// For `terminate` (not built yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTlsMode {
+    /// mTLS only: plaintext and peers without a valid mesh certificate are refused.
+    Strict,
+    /// mTLS or plaintext on the same port, told apart by the first bytes.
+    Permissive,
+    /// Plaintext only.
+    #[default]
+    Disabled,
+    /// Edge TLS for clients outside the mesh (not built yet).
+    Terminate,
+}
+
+impl ListenerTlsMode {
+    /// Whether the mode needs this workload's mesh identity (top-level `tls`).
+    pub fn needs_mesh_identity(self) -> bool {
+        matches!(self, Self::Strict | Self::Permissive)
+    }
+}
+
+/// A cluster's `tls`: mesh mTLS to other sidecars, or ordinary TLS to a
+/// server outside the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
-    /// mesh | simple | disabled
-    pub mode: String,
-    #[serde(default)]
-    pub identity: Option<String>,
-    #[serde(default)]
+    pub mode: ClusterTlsMode,
+    /// `mesh`: the SPIFFE IDs the upstream may present; any other is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// `simple`: the name the server's certificate must hold (also sent as SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    #[serde(default)]
+    /// `simple`: a PEM file of roots to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterTlsMode {
+    /// mTLS with this workload's identity; the upstream's SPIFFE ID is checked.
+    Mesh,
+    /// Ordinary TLS, the server checked by `server_name`.
+    Simple,
+    /// Plaintext (the same as no `tls`).
+    Disabled,
 }
 
 /// One authorization rule: `allow` or `deny` (exactly one) and what it matches.

@@ -347,8 +347,10 @@ fn insert(value: &mut Value, segs: &[Seg], key: &str, v: Value) -> bool {
 /// mapping can still be checked. Rule errors about the stand-in are dropped.
 fn stand_in(key: &str) -> Option<Value> {
     Some(match key {
-        "name" | "address" | "cluster" | "mode" | "issuer" | "cert" | "key" | "ca" | "path"
-        | "redis" => Value::from(""),
+        // Both `tls.mode`s (listener and cluster) have `disabled`.
+        "mode" => Value::from("disabled"),
+        "name" | "address" | "cluster" | "issuer" | "jwks_file" | "cert" | "key" | "ca"
+        | "path" | "redis" => Value::from(""),
         "domains" | "routes" | "virtual_hosts" | "servers" => Value::Sequence(Vec::new()),
         "attempts" | "weight" | "min_per_second" | "requests_per_second" | "burst" => {
             Value::from(0)

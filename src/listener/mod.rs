@@ -51,7 +51,11 @@ use crate::coalesce::{self, Flushing};
 use crate::config::{ListenerLimits, ListenerProtocol};
 use crate::http::body::ProxyBody;
 use crate::http::headers;
+use crate::metrics::Metrics;
 use crate::proxy;
+use crate::tls::failure::HandshakeFailure;
+use crate::tls::server::{self, ServerTls};
+use crate::tls::ALPN_H2;
 
 /// Bind `addr` with SO_REUSEADDR and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -117,6 +121,37 @@ pub struct Serving {
     pub connection_idle_timeout: Duration,
     /// Open connections at most (`limits.max_connections`).
     pub max_connections: usize,
+    /// Mesh TLS (`tls.mode` strict or permissive); `None` serves plaintext.
+    pub tls: Option<InboundTls>,
+}
+
+/// A mesh listener's TLS: its mode, the server side of the handshake, and
+/// where handshakes are counted (`skiff_tls_handshakes_total{side="inbound"}`).
+pub struct InboundTls {
+    /// Strict refuses plaintext; permissive takes it, with no peer identity.
+    pub strict: bool,
+    pub server: ServerTls,
+    pub metrics: Metrics,
+    pub listener: Arc<str>,
+}
+
+impl InboundTls {
+    fn count(&self, result: &str) {
+        self.metrics
+            .tls_handshake("inbound", &self.listener, result);
+    }
+
+    /// A connection refused before or during the handshake: logged at info
+    /// with the reason, and counted.
+    fn refuse(
+        &self,
+        client: SocketAddr,
+        failure: HandshakeFailure,
+        detail: &dyn std::fmt::Display,
+    ) {
+        tracing::info!(%client, reason = failure.label(), error = %detail, "TLS connection refused");
+        self.count(failure.label());
+    }
 }
 
 /// Accept and serve connections until `stop` turns true; then ask every
@@ -161,18 +196,12 @@ pub async fn serve(
         } else {
             None
         };
-        // Shared by the connection's requests: one allocation per connection.
-        let conn = Arc::new(ConnInfo {
-            client,
-            orig_dst,
-            peer: None,
-        });
-        let span = connection_span(&current.name, &conn);
+        let span = accept_span(&current.name, client, orig_dst);
         let (state, stop, open) = (state.clone(), stop.clone(), open.clone());
         let task = async move {
             // Counted until the task ends, even by a panic.
             let _open = OpenConnection::new(open, current);
-            serve_connection(stream, conn, slot, &serving, state, stop).await;
+            serve_connection(stream, client, orig_dst, slot, &serving, state, stop).await;
         };
         tokio::spawn(task.instrument(span));
     }
@@ -201,25 +230,40 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     mut stream: TcpStream,
-    conn: Arc<ConnInfo>,
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
     slot: admit::Slot,
     serving: &Serving,
     state: Arc<ArcSwap<ListenerState>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    if let Some(dst) = conn.orig_dst {
+    if let Some(dst) = orig_dst {
         if serving.opaque_ports.contains(&dst.port()) {
             return tcp::forward(stream, dst, serving.connect_timeout).await;
         }
     }
     let mut prefix = Bytes::new();
-    if serving.transparent || serving.passthrough {
+    if serving.transparent || serving.passthrough || serving.tls.is_some() {
         match detect::detect(&mut stream, serving.detect_timeout).await {
-            Ok((Detected::Http, read)) => prefix = read,
-            // TLS the app does itself, for now: the listener terminates no
-            // TLS yet, so a ClientHello goes where any other opaque stream goes.
+            Ok((Detected::Tls, read)) if serving.tls.is_some() => {
+                let stream = detect::Rewind::new(read, stream);
+                return serve_tls(stream, client, orig_dst, slot, serving, state, stop).await;
+            }
+            Ok((Detected::Http, read)) => {
+                if let Some(tls) = serving.tls.as_ref().filter(|t| t.strict) {
+                    let detail = "plaintext HTTP to a strict mTLS listener";
+                    return tls.refuse(client, HandshakeFailure::Plaintext, &detail);
+                }
+                prefix = read;
+            }
+            // TLS the app does itself on a plaintext listener: a ClientHello
+            // goes where any other opaque stream goes.
             Ok((detected @ (Detected::Opaque | Detected::Tls), read)) => {
-                match (serving.passthrough, conn.orig_dst) {
+                if let Some(tls) = serving.tls.as_ref().filter(|t| t.strict) {
+                    let detail = "neither TLS nor HTTP to a strict mTLS listener";
+                    return tls.refuse(client, HandshakeFailure::Plaintext, &detail);
+                }
+                match (serving.passthrough, orig_dst) {
                     (true, Some(dst)) => {
                         let stream = detect::Rewind::new(read, stream);
                         tcp::forward(stream, dst, serving.connect_timeout).await;
@@ -254,6 +298,66 @@ async fn serve_connection(
         }
     };
     let stream = detect::Rewind::new(prefix, stream);
+    // Shared by the connection's requests: one allocation per connection.
+    let conn = Arc::new(ConnInfo {
+        client,
+        orig_dst,
+        peer: None,
+    });
+    serve_http(stream, h2, conn, slot, serving, state, stop).await
+}
+
+/// The server side of mesh mTLS on a connection that opened with a
+/// ClientHello; then HTTP/2 or HTTP/1.1 by the negotiated ALPN, the
+/// connection carrying the client's verified identity.
+async fn serve_tls<S>(
+    stream: S,
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    slot: admit::Slot,
+    serving: &Serving,
+    state: Arc<ArcSwap<ListenerState>>,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Some(tls) = &serving.tls else { return };
+    let timeout = serving.h2.handshake_timeout;
+    let (stream, peer) =
+        match tokio::time::timeout(timeout, server::accept(&tls.server, stream)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(e)) => return tls.refuse(client, e.kind, &e),
+            Err(_) => {
+                let detail = format!("no handshake within {timeout:?}");
+                return tls.refuse(client, HandshakeFailure::Timeout, &detail);
+            }
+        };
+    tls.count("success");
+    if let Some(peer) = &peer {
+        tracing::Span::current().record("peer", tracing::field::display(peer));
+    }
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+    let conn = Arc::new(ConnInfo {
+        client,
+        orig_dst,
+        peer,
+    });
+    serve_http(stream, h2, conn, slot, serving, state, stop).await
+}
+
+/// Serve HTTP/2 or HTTP/1.1 on `stream` until the connection ends, the
+/// listener drains or the connection idles.
+async fn serve_http<S>(
+    stream: S,
+    h2: bool,
+    conn: Arc<ConnInfo>,
+    slot: admit::Slot,
+    serving: &Serving,
+    state: Arc<ArcSwap<ListenerState>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let activity = slot.activity.clone();
     // Finish gracefully when the listener drains, the connection idles, or
     // it is asked to make room for a new one (`limits.max_connections`).
@@ -362,6 +466,18 @@ async fn serve_http1<S>(
 /// The span a connection's task runs in: every line logged about the
 /// connection carries these fields. While its level is off this is a
 /// disabled span: none of the fields is read, formatted or stored.
+/// A connection's span as it is accepted: its peer identity, if any, is
+/// recorded once the handshake has verified it.
+fn accept_span(listener: &str, client: SocketAddr, orig_dst: Option<SocketAddr>) -> tracing::Span {
+    tracing::debug_span!(
+        "conn",
+        listener = %listener,
+        client = %client,
+        orig_dst = orig_dst.map(tracing::field::display),
+        peer = tracing::field::Empty,
+    )
+}
+
 pub fn connection_span(listener: &str, conn: &ConnInfo) -> tracing::Span {
     tracing::debug_span!(
         "conn",

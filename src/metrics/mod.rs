@@ -40,6 +40,10 @@ pub struct Metrics {
     ratelimited: IntCounterVec,
     authz_denied: IntCounterVec,
     connections_refused: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    /// `skiff_tls_cert_expiry_timestamp_seconds`: when this workload's
+    /// certificate lapses (Unix seconds); 0 without a mesh identity.
+    pub tls_cert_expiry: IntGauge,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -144,6 +148,16 @@ impl Metrics {
             "Connections closed at once because limits.max_connections were open and none was idle.",
             &["listener"],
         )?;
+        let tls_handshakes = counter(
+            "skiff_tls_handshakes_total",
+            "TLS handshakes, by side (inbound, outbound), listener or cluster, and result (success or the failure's kind).",
+            &["side", "name", "result"],
+        )?;
+        let tls_cert_expiry = IntGauge::new(
+            "skiff_tls_cert_expiry_timestamp_seconds",
+            "When this workload's certificate lapses, in Unix seconds.",
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -176,12 +190,22 @@ impl Metrics {
             ratelimited,
             authz_denied,
             connections_refused,
+            tls_handshakes,
+            tls_cert_expiry,
             reloads_success,
             reloads_failure,
         })
     }
 
     /// Handles for one listener.
+    /// Count one TLS handshake: `side` is `inbound` (a listener) or
+    /// `outbound` (a cluster), `result` is `success` or the failure's label.
+    pub fn tls_handshake(&self, side: &str, name: &str, result: &str) {
+        self.tls_handshakes
+            .with_label_values(&[side, name, result])
+            .inc();
+    }
+
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[listener]),

@@ -340,7 +340,7 @@ mod tests {
             "name: backend\nendpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n{extra}"
         );
         let cfg: config::Cluster = serde_yaml::from_str(&yaml).unwrap();
-        Arc::new(Cluster::from_config(&cfg, &Metrics::new().unwrap()))
+        Arc::new(Cluster::plain(&cfg, &Metrics::new().unwrap()))
     }
 
     fn policy(yaml: &str) -> RetryPolicy {

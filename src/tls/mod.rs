@@ -26,6 +26,7 @@ use rustls::crypto::CryptoProvider;
 
 pub mod certs;
 pub mod client;
+pub mod connector;
 pub mod failure;
 pub mod server;
 pub mod terminate;

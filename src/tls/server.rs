@@ -103,32 +103,3 @@ where
     };
     Ok((stream, peer))
 }
-
-/// Whether a connection's first bytes open a TLS handshake, for a
-/// `permissive` listener that takes TLS and plaintext on one port: a
-/// handshake record (22) of TLS major version 3. `None` until three bytes
-/// are in. An HTTP/1.1 request line or the HTTP/2 preface starts with a
-/// letter, never with 22.
-pub fn looks_like_tls(prefix: &[u8]) -> Option<bool> {
-    match prefix {
-        [a, b, c, ..] => Some(*a == 0x16 && *b == 0x03 && *c <= 0x04),
-        [a, ..] if *a != 0x16 => Some(false),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::looks_like_tls;
-
-    #[test]
-    fn tls_is_told_from_plaintext_by_its_first_bytes() {
-        assert_eq!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(true));
-        assert_eq!(looks_like_tls(&[0x16, 0x03]), None);
-        assert_eq!(looks_like_tls(&[]), None);
-        assert_eq!(looks_like_tls(b"GET / HTTP/1.1\r\n"), Some(false));
-        assert_eq!(looks_like_tls(b"PRI * HTTP/2.0\r\n"), Some(false));
-        assert_eq!(looks_like_tls(b"P"), Some(false));
-        assert_eq!(looks_like_tls(&[0x16, 0x01, 0x00]), Some(false));
-    }
-}

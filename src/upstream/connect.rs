@@ -2,7 +2,7 @@
 //! stream to the endpoint, and the pool speaks HTTP/1.1 or HTTP/2 on
 //! whatever stream that is.
 //!
-//! Plain TCP ([`Tcp`]) today. A TLS connector wraps it: it connects with
+//! Plain TCP ([`Tcp`]), or TLS ([`crate::tls::connector`]), which wraps it: it connects with
 //! [`Tcp::connect`], runs its handshake on that stream, hands back the
 //! encrypted stream and says `https`; a failed handshake is an
 //! [`UpstreamError::Handshake`]. The stream is boxed once per connection;

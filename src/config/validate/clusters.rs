@@ -50,6 +50,7 @@ impl Rules<'_> {
                 _ => {}
             }
             self.dns(c, &base);
+            self.cluster_tls(d, c, &base);
             self.balancing(c, &base);
             self.cluster_resilience(c, &base);
             let mut seen: HashMap<SocketAddr, usize> = HashMap::new();

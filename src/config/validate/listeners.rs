@@ -16,6 +16,7 @@ impl Rules<'_> {
             let base = format!("listeners[{i}]");
             self.not_yet(NOT_YET_LISTENER, l, &base);
             self.interception(l, &base);
+            self.listener_tls(d, l, &base);
             self.name(
                 &format!("{base}.name"),
                 &l.name,

@@ -21,10 +21,11 @@ mod clusters;
 mod listeners;
 mod resilience;
 mod routes;
+mod tls;
 
 use std::collections::HashMap;
 
-use super::model::{Cluster, Listener, Route};
+use super::model::{Cluster, Listener, ListenerTlsMode, Route};
 use super::parse::Draft;
 use super::{ConfigError, Dur, Locator};
 
@@ -41,19 +42,18 @@ struct NotYet<T> {
     hint: &'static str,
 }
 
-const NOT_YET_TOP_LEVEL: &[NotYet<Draft>] = &[NotYet {
-    key: "tls",
-    what: "`tls` (mesh identity)",
-    used: |d| d.tls.is_some(),
-    hint: "remove the section; traffic is plaintext for now",
-}];
+const NOT_YET_TOP_LEVEL: &[NotYet<Draft>] = &[];
 
 const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
     NotYet {
-        key: "tls",
-        what: "listener `tls`",
-        used: |l| l.tls.is_some(),
-        hint: "remove it; the listener serves plaintext",
+        key: "tls.mode",
+        what: "listener `tls.mode: terminate` (edge TLS)",
+        used: |l| {
+            l.tls
+                .as_ref()
+                .is_some_and(|t| t.mode == ListenerTlsMode::Terminate)
+        },
+        hint: "use strict, permissive or disabled",
     },
     NotYet {
         key: "rate_limit.shared",
@@ -70,12 +70,7 @@ const NOT_YET_ROUTE: &[NotYet<Route>] = &[NotYet {
     hint: "remove it; each replica keeps its own buckets",
 }];
 
-const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[NotYet {
-    key: "tls",
-    what: "cluster `tls`",
-    used: |c| c.tls.is_some(),
-    hint: "remove it; upstream connections are plaintext",
-}];
+const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[];
 
 /// Check every rule over what parsed; the errors come back unsorted.
 pub(crate) fn validate(draft: &Draft, at: &Locator<'_>) -> Vec<ConfigError> {
@@ -85,6 +80,7 @@ pub(crate) fn validate(draft: &Draft, at: &Locator<'_>) -> Vec<ConfigError> {
     };
     v.not_yet(NOT_YET_TOP_LEVEL, draft, "");
     v.process(draft);
+    v.mesh_tls(draft);
     v.resolver(draft);
     v.addresses(draft);
     v.listeners(draft);

@@ -212,5 +212,8 @@ fn a_client_hello_looks_like_tls() {
     let mut conn = rustls::ClientConnection::new(client.config().clone(), name).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
-    assert_eq!(server::looks_like_tls(&hello), Some(true));
+    assert_eq!(
+        crate::listener::detect::classify(&hello),
+        Some(crate::listener::detect::Detected::Tls)
+    );
 }
