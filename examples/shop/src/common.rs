@@ -485,6 +485,37 @@ impl Drop for Call {
     }
 }
 
+/// A fresh SQLite database file for a test, removed (with its -wal and
+/// -shm) on drop.
+#[cfg(test)]
+pub struct ScratchDb(std::path::PathBuf);
+
+#[cfg(test)]
+impl ScratchDb {
+    pub fn new(service: &str) -> ScratchDb {
+        ScratchDb(std::env::temp_dir().join(format!(
+            "shop-{service}-test-{}-{}.db",
+            std::process::id(),
+            fastrand::u64(..)
+        )))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        for ext in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(ext);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

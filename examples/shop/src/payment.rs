@@ -257,26 +257,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A fresh database file, removed (with its -wal and -shm) on drop.
-    struct Scratch(std::path::PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            for ext in ["", "-wal", "-shm"] {
-                let mut p = self.0.clone().into_os_string();
-                p.push(ext);
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-
-    fn db() -> (Connection, Scratch) {
-        let path = std::env::temp_dir().join(format!(
-            "shop-payment-test-{}-{}.db",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        (open(path.to_str().unwrap()).unwrap(), Scratch(path))
+    fn db() -> (Connection, common::ScratchDb) {
+        let scratch = common::ScratchDb::new("payment");
+        (open(scratch.path()).unwrap(), scratch)
     }
 
     fn req(order: &str, amount_cents: i64) -> ChargeRequest {
