@@ -382,11 +382,6 @@ fn spans(c: &mut Criterion) {
             black_box(poll_once(std::future::ready(black_box(1)).instrument(span)))
         })
     });
-    // The request id is now ensured before the span; the request path's
-    // own call then only finds it.
-    group.bench_function("request_id_already_set", |b| {
-        b.iter(|| skiff::http::headers::ensure_request_id(black_box(req.headers_mut())))
-    });
     // For reference: the cost once `skiff=debug` turns them on.
     let debug = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("debug"))

@@ -38,7 +38,8 @@ use crate::listener::state::{ConnInfo, ListenerState, Target};
 use crate::resilience::policy::RetryPolicy;
 use crate::router::RequestInfo;
 
-/// Proxy one request from a downstream client.
+/// Proxy one request from a downstream client. The listener has already
+/// kept or made its `x-request-id` (the request's span carries it).
 pub async fn handle(
     state: Arc<ListenerState>,
     conn: Arc<ConnInfo>,
@@ -47,7 +48,6 @@ pub async fn handle(
 ) -> Response<ObservedBody> {
     // 1. Name the request; refuse what cannot be proxied. The peer's
     // identity reaches the app only as this connection's handshake verified it.
-    headers::ensure_request_id(req.headers_mut());
     headers::set_peer_identity(req.headers_mut(), conn.peer.as_ref());
     let mut ex = Exchange::new(state.clone(), &conn, busy, &req);
     if let Err(e) = check_head(&req, state.max_header_bytes) {
