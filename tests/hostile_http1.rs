@@ -2,9 +2,9 @@
 //! each naming the bound it asserts — the status of the answer, the
 //! connection's end, the endpoints not ejected, skiff's VmRSS (from /proc)
 //! under `support::hostile::RSS_CEILING_KIB`, an honest client's requests
-//! all answered. Request-smuggling shapes hyper refuses today and
-//! slowloris are regression tests; what skiff does not hold yet is
-//! `#[ignore]`d with the item number.
+//! all answered. Request-smuggling shapes hyper refuses and slowloris
+//! are regression tests; the findings are tests named with their
+//! item number.
 
 mod support;
 
@@ -137,7 +137,7 @@ async fn slowloris_is_closed_at_the_header_read_timeout() -> anyhow::Result<()> 
     skiff.assert_rss_bounded("slowloris")
 }
 
-// --------------------------------------------------------- found (ignored)
+// ------------------------------------------------- found (the items)
 
 /// Chunked request bodies with broken framing: a chunk size `zz`, a size
 /// that overflows 64 bits, a bare LF after the size.
