@@ -16,3 +16,6 @@ fi
 # HAProxy), on a debug build: it proves the harness still runs, its figures
 # mean nothing here. BENCHMARKS.md says how to measure for real.
 cargo test --bench proxy -- --quick
+# The soak in its short mode (about 20 s): honest traffic beside hostile
+# clients must not fail or stall, skiff's memory and descriptors not drift.
+cargo test --bench soak -- --quick

@@ -2,9 +2,9 @@
 //! each naming the bound it asserts — the status of the answer, the
 //! connection's end, the endpoints not ejected, skiff's VmRSS (from /proc)
 //! under `support::hostile::RSS_CEILING_KIB`, an honest client's requests
-//! all answered. Request-smuggling shapes hyper refuses today and
-//! slowloris are regression tests; what skiff does not hold yet is
-//! `#[ignore]`d with the issue's item number.
+//! all answered. Request-smuggling shapes hyper refuses and slowloris
+//! are regression tests; the issue's findings are tests named with their
+//! item number.
 
 mod support;
 
@@ -137,7 +137,7 @@ async fn slowloris_is_closed_at_the_header_read_timeout() -> anyhow::Result<()> 
     skiff.assert_rss_bounded("slowloris")
 }
 
-// --------------------------------------------------------- found (ignored)
+// ------------------------------------------------- found (the issue's items)
 
 /// Chunked request bodies with broken framing: a chunk size `zz`, a size
 /// that overflows 64 bits, a bare LF after the size.
@@ -266,22 +266,117 @@ async fn ambiguous_heads_are_400() -> anyhow::Result<()> {
     ambiguous(&backend, &proxy, cases).await
 }
 
-/// Item 2, the rest: Content-Length beside Transfer-Encoding. hyper's
-/// HTTP/1.1 server drops the Content-Length before the request reaches the
-/// proxy (and closes the connection after the response, as RFC 9112 §6.3
-/// asks), and the body is sent upstream in the proxy's own framing, so the
-/// two readings cannot reach the app; refusing it with 400, as Envoy does,
-/// needs a look at the raw head that hyper does not offer.
+/// Item 2, the rest: Content-Length beside Transfer-Encoding, in either
+/// order. hyper drops the length before the request reaches the proxy; the
+/// listener's scan of the raw head finds it. Bound: 400 with
+/// `x-skiff-error: bad_request`, the connection closed after the answer,
+/// nothing reaches the backend — with the head sent in one write and one
+/// byte per write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13 item 2: Content-Length beside Transfer-Encoding is answered (CL dropped by hyper, connection closed), not refused with 400"]
 async fn length_beside_transfer_encoding_is_400() -> anyhow::Result<()> {
     let backend = HttpBackend::start().await?;
     let proxy = ProxyConfig::new("http1", backend.addr()).start().await?;
-    let cases: &[(&str, &[u8])] = &[(
-        "Content-Length and Transfer-Encoding",
-        b"POST /ambiguous HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    )];
-    ambiguous(&backend, &proxy, cases).await
+    let cases: &[(&str, &[u8])] = &[
+        ("Content-Length, then Transfer-Encoding", LENGTH_THEN_TE),
+        (
+            "Transfer-Encoding, then Content-Length",
+            b"POST /ambiguous HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 30\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    ];
+    ambiguous(&backend, &proxy, cases).await?;
+    for (what, bytes) in cases {
+        let got = byte_by_byte(proxy.addr(), bytes).await?;
+        let error = header_str(&raw_headers(&got), "x-skiff-error").map(str::to_string);
+        ensure!(
+            raw_status(&got) == Some(400) && error.as_deref() == Some("bad_request"),
+            "{what}, one byte per write: {:?}",
+            head_of(&got)
+        );
+    }
+    ensure!(
+        backend.seen().iter().all(|s| s.uri.path() != "/ambiguous"),
+        "an ambiguous head reached the backend"
+    );
+    Ok(())
+}
+
+const LENGTH_THEN_TE: &[u8] = b"POST /ambiguous HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+
+/// `bytes` written one byte per write (TCP_NODELAY, a flush after each),
+/// then read until the peer closes: everything it answered. Fails if the
+/// connection is still open 5 s after the last byte.
+async fn byte_by_byte(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    for b in bytes {
+        if tcp.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tcp.flush().await?;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .map_err(|_| anyhow!("the connection was not closed after the answer"))??;
+    Ok(out)
+}
+
+/// The scan of request heads reads bodies by their framing: on one
+/// keep-alive connection, a Content-Length body and a chunked body that
+/// both carry the text of an ambiguous head are answered 200 (and reach
+/// the backend whole), a plain GET after them too, and only the really
+/// ambiguous head pipelined after those gets 400, the connection closed.
+/// Bound: the statuses in order are 200, 200, 200, 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_bodies_that_look_like_heads_pass() -> anyhow::Result<()> {
+    let backend = HttpBackend::start().await?;
+    let proxy = ProxyConfig::new("http1", backend.addr()).start().await?;
+    let fake = "POST /ambiguous HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut bytes = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n{fake}\
+         POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {len:x}\r\n{fake}\r\n0\r\n\r\n\
+         GET /plain HTTP/1.1\r\nHost: x\r\n\r\n",
+        len = fake.len(),
+    )
+    .into_bytes();
+    bytes.extend_from_slice(LENGTH_THEN_TE);
+    for (how, got) in [
+        (
+            "in one write",
+            raw_exchange(proxy.addr(), &bytes, Duration::from_secs(3)).await?,
+        ),
+        (
+            "one byte per write",
+            byte_by_byte(proxy.addr(), &bytes).await?,
+        ),
+    ] {
+        let statuses = statuses_of(&got);
+        ensure!(
+            statuses == [200, 200, 200, 400],
+            "{how}: statuses {statuses:?}\n{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let seen = backend.seen();
+    ensure!(
+        seen.iter().filter(|s| s.uri.path() == "/upload").count() == 4
+            && seen.iter().all(|s| s.uri.path() != "/ambiguous"),
+        "the backend saw {:?}",
+        seen.iter()
+            .map(|s| s.uri.path().to_string())
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// The status of every response in `bytes`, in order (the bodies here
+/// never hold a status line).
+fn statuses_of(bytes: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
 }
 
 /// Each head of `cases` gets 400 and none reaches `backend`.

@@ -151,9 +151,10 @@ impl std::fmt::Display for BadHead {
 ///
 /// hyper's HTTP/1.1 server drops `Content-Length` from a request that also
 /// has `Transfer-Encoding` (and closes the connection after the response),
-/// so for HTTP/1.1 [`BadHead::LengthAndTransferEncoding`] shows only where
-/// both survive parsing; the test `hyper_drops_content_length_beside_chunked`
-/// records what hyper leaves.
+/// so for HTTP/1.1 [`BadHead::LengthAndTransferEncoding`] rarely shows
+/// here (the test `hyper_drops_content_length_beside_chunked` records what
+/// hyper leaves): the listener's scan of the raw heads
+/// (`listener/head_scan.rs`) finds it and marks the request with it.
 pub fn bad_request_head(uri: &Uri, headers: &HeaderMap) -> Option<BadHead> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();

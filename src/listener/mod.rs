@@ -18,6 +18,7 @@ pub mod admit;
 pub mod detect;
 pub mod flood;
 pub mod h2;
+pub mod head_scan;
 pub mod original_dst;
 pub mod state;
 pub mod tcp;
@@ -430,9 +431,16 @@ async fn serve_http1<S>(
 {
     let requests = state.clone();
     let busy = activity.clone();
+    // hyper drops a Content-Length beside Transfer-Encoding before the
+    // request is seen: the scan of the raw heads tells which request had both.
+    let (stream, heads) = head_scan::HeadScan::new(stream);
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         // Each request sees the config snapshot current when it arrives.
         let current = requests.load_full();
+        if heads.next_request_ambiguous() {
+            req.extensions_mut()
+                .insert(headers::BadHead::LengthAndTransferEncoding);
+        }
         headers::ensure_request_id(req.headers_mut());
         let span = request_span(&req);
         let req = req.map(ProxyBody::hyper);

@@ -43,8 +43,9 @@ pub(super) struct Called {
     pub attempts: u32,
     /// The last try's endpoint, counted in flight until the response ends.
     pub in_flight: Option<InFlight>,
-    /// Report the try to outlier detection when the stream ends (its gRPC
-    /// status comes in the trailers).
+    /// Report the try to outlier detection when the stream ends (a
+    /// response whose head looked fine: the stream may still break, and a
+    /// gRPC status may come in the trailers).
     pub report_at_end: bool,
     pub result: Result<Response<ProxyBody>, ProxyError>,
 }
@@ -165,8 +166,10 @@ pub(super) async fn call<U: Upstream>(
         if outcome.is_failure() {
             endpoint.record_failure();
         }
-        // A gRPC status that only the trailers will tell is reported when the stream ends.
-        let report_at_end = c.grpc && outcome == Outcome::Response(200, None);
+        // A response that looks fine is reported when its stream ends: the
+        // stream may still break (the upstream resets it, cuts the body
+        // short), and a gRPC status may come in the trailers.
+        let report_at_end = matches!(outcome, Outcome::Response(..)) && !outcome.is_failure();
         if !report_at_end {
             cluster.report(&endpoint, outcome.is_failure());
         }
@@ -588,6 +591,15 @@ mod tests {
             .unwrap()
             .detail
             .contains("stream_idle_timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_success_is_reported_at_the_end_and_a_failure_at_once() {
+        let cl = cluster("");
+        let ok = Script::new(vec![(0, Answer::Status(200))]);
+        assert!(run(&cl, None).go(&ok).await.report_at_end);
+        let failed = Script::new(vec![(0, Answer::Status(503))]);
+        assert!(!run(&cl, None).go(&failed).await.report_at_end);
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,8 +37,9 @@ pub(super) struct Exchange {
     pub(super) in_flight: Option<InFlight>,
     /// The cluster's max_requests slot, held until the response stream ends.
     pub(super) permit: Option<Permit>,
-    /// Report the try to outlier detection when the stream ends (its gRPC
-    /// status comes in the trailers).
+    /// Report the try to outlier detection when the stream ends (a head
+    /// that looked fine: the stream may still break, or carry a failing
+    /// gRPC status in its trailers).
     pub(super) report_at_end: bool,
     pub(super) attempts: u32,
     log: Option<LogFields>,
@@ -219,13 +220,17 @@ fn record(
         }
     }
     if ex.report_at_end {
-        // The client leaving or the deadline passing says nothing about the endpoint.
+        // The client leaving or the deadline passing says nothing about the
+        // endpoint; the upstream breaking the stream mid-response does.
         let failed = match end.outcome {
             StreamOutcome::Complete => Some(Outcome::Response(status, grpc_status).is_failure()),
             StreamOutcome::UpstreamError => Some(true),
             _ => None,
         };
         if let (Some(failed), Some(t), Some(f)) = (failed, &ex.target, &ex.in_flight) {
+            if failed {
+                f.endpoint().record_failure();
+            }
             t.cluster.report(f.endpoint(), failed);
         }
     }

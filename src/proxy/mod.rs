@@ -137,7 +137,10 @@ fn check_head(req: &Request<ProxyBody>, max_header_bytes: usize) -> Result<(), P
             "CONNECT is not supported",
         ));
     }
-    if let Some(bad) = headers::bad_request_head(req.uri(), req.headers()) {
+    // An HTTP/1.1 head the listener's scan found ambiguous comes marked
+    // (hyper leaves no trace of it in the headers).
+    let marked = req.extensions().get::<headers::BadHead>().copied();
+    if let Some(bad) = marked.or_else(|| headers::bad_request_head(req.uri(), req.headers())) {
         // Two parsers could read this head two ways (request smuggling).
         return Err(ProxyError::new(ErrorKind::BadRequest, bad.to_string()));
     }
