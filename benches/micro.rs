@@ -365,6 +365,7 @@ fn spans(c: &mut Criterion) {
         client: std::net::SocketAddr::from(([10, 0, 0, 7], 41234)),
         orig_dst: Some(std::net::SocketAddr::from(([10, 0, 1, 9], 50051))),
         peer: None,
+        tls: None,
     };
 
     let mut group = c.benchmark_group("span");

@@ -18,6 +18,10 @@ pub struct Entry<'a> {
     pub time: String,
     pub listener: &'a str,
     pub client: String,
+    /// The TLS the client's connection came over: `mesh` or `edge`; absent
+    /// in plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
     /// The client's verified identity (a SPIFFE ID), when its connection
     /// was mesh TLS; absent for a plaintext peer.
     #[serde(skip_serializing_if = "Option::is_none")]

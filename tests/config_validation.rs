@@ -137,7 +137,8 @@ rule!(jwt_forward_reserved_header, "jwt_forward_reserved_header.yaml", 12:14, "l
 rule!(jwt_forward_same_header, "jwt_forward_same_header.yaml", 13:14, "listeners[0].jwt.forward_claims.sub", "claims `email` and `sub` are both forwarded in `x-user`; a h");
 rule!(jwt_jwks_both, "jwt_jwks_both.yaml", 11:9, "listeners[0].jwt.jwks", "`jwks` takes its keys from `file` or from `uri`, not both");
 rule!(jwt_jwks_file_with_refresh, "jwt_jwks_file_with_refresh.yaml", 12:18, "listeners[0].jwt.jwks.refresh", "`refresh` goes with `uri`; a `file` is re-read whenever it c");
-rule!(jwt_jwks_https, "jwt_jwks_https.yaml", 11:14, "listeners[0].jwt.jwks.uri", "`https://auth.shop.example/.well-known/jwks.json` is https, ");
+rule!(jwt_jwks_https, "jwt_jwks_https.yaml", 11:14, "listeners[0].jwt.jwks.uri", "`https://auth.shop.example/.well-known/jwks.json` is https, but cluster `auth` (line 22) has no `tls`: give it `tls: { mode: simple");
+rule!(jwt_jwks_http_to_tls_cluster, "jwt_jwks_http_to_tls_cluster.yaml", 11:14, "listeners[0].jwt.jwks.uri", "`http://auth.shop.example/.well-known/jwks.json` is http, but cluster `auth` (line 22) speaks TLS (`tls.mode: simple`): write `https://`");
 rule!(jwt_jwks_neither, "jwt_jwks_neither.yaml", 10:13, "listeners[0].jwt.jwks", "`jwks` needs `file: <path of a JWK Set>` or `uri: http://...");
 rule!(jwt_jwks_unknown_cluster, "jwt_jwks_unknown_cluster.yaml", 12:18, "listeners[0].jwt.jwks.cluster", "unknown cluster `auht`; the clusters are `shop`, `auth`");
 rule!(jwt_jwks_uri_without_cluster, "jwt_jwks_uri_without_cluster.yaml", 11:9, "listeners[0].jwt.jwks", "`uri` needs the `cluster` that serves it (its endpoints, tim");
@@ -179,7 +180,6 @@ fn keys_of_later_features_are_refused_each_at_its_key() {
     let l = "listeners[0]";
     let r = "listeners[0].virtual_hosts[0].routes[0]";
     let want: Vec<(usize, usize, String)> = [
-        (17, 12, format!("{l}.tls.mode")),
         (21, 57, format!("{l}.rate_limit.shared")),
         (29, 51, format!("{r}.rate_limit.shared")),
     ]
@@ -198,6 +198,12 @@ rule!(tls_cluster_without_identity, "tls_cluster_without_identity.yaml", 16:5, "
 rule!(tls_cluster_no_identities, "tls_cluster_no_identities.yaml", 20:10, "clusters[0].tls", "`mode: mesh` needs `identities`");
 rule!(tls_cluster_bad_identity, "tls_cluster_bad_identity.yaml", 20:78, "clusters[0].tls.identities[1]", "`shop/app` is not a SPIFFE ID: a SPIFFE ID starts with spiffe://");
 rule!(tls_cluster_simple_without_server_name, "tls_cluster_simple_without_server_name.yaml", 20:10, "clusters[0].tls", "`mode: simple` needs `server_name`");
+rule!(tls_terminate_without_key, "tls_terminate_without_key.yaml", 7:10, "listeners[0].tls", "`mode: terminate` needs `key`: the certificate's private key (PEM) served to clients that match no `sni` entry");
+rule!(tls_terminate_sni_no_domains, "tls_terminate_sni_no_domains.yaml", 12:22, "listeners[0].tls.sni[0].domains", "`domains` needs at least one server name");
+rule!(tls_terminate_sni_port, "tls_terminate_sni_port.yaml", 12:23, "listeners[0].tls.sni[0].domains[0]", "`api.shop.example:443` is not a server name: SNI carries no port");
+rule!(tls_terminate_sni_twice, "tls_terminate_sni_twice.yaml", 13:41, "listeners[0].tls.sni[1].domains[1]", "`API.shop.example` is already served by another certificate (line 12)");
+rule!(tls_terminate_sni_empty_key, "tls_terminate_sni_empty_key.yaml", 12:78, "listeners[0].tls.sni[0].key", "`key` cannot be empty");
+rule!(tls_sni_without_terminate, "tls_sni_without_terminate.yaml", 7:28, "listeners[0].tls.sni", "`sni` belongs to `mode: terminate`");
 rule!(tls_cluster_stray_key, "tls_cluster_stray_key.yaml", 20:79, "clusters[0].tls.server_name", "`server_name` does not apply to `mode: mesh`");
 
 #[test]
@@ -221,6 +227,20 @@ fn every_mesh_tls_form_is_accepted() {
     assert_eq!(auth.mode, ClusterTlsMode::Simple);
     assert_eq!(auth.server_name.as_deref(), Some("auth.example.com"));
     assert!(config.clusters[3].tls.as_ref().unwrap().ca.is_none());
+}
+
+#[test]
+fn every_edge_tls_form_is_accepted() {
+    use skiff::config::model::{ClusterTlsMode, ListenerTlsMode};
+    let config = config::load_file(&fixture("tls_terminate.yaml")).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.mode, ListenerTlsMode::Terminate);
+    assert_eq!(tls.key.as_deref(), Some("/etc/skiff/edge/tls.key"));
+    assert_eq!(tls.sni.len(), 2);
+    assert_eq!(tls.sni[1].domains, ["*.admin.shop.example"]);
+    assert!(config.tls.is_none(), "edge TLS needs no mesh identity");
+    let auth = config.clusters[1].tls.as_ref().unwrap();
+    assert_eq!(auth.mode, ClusterTlsMode::Simple);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The keys a `jwt:` listener verifies tokens with: a JWK Set (RFC 7517)
 //! read from a file, re-read when it changes ([`FileWatch`]), or fetched from a URI through
-//! a cluster, again every `refresh` and at once (rate-limited) when a
+//! a cluster (over its TLS for `https://`), again every `refresh` and at once (rate-limited) when a
 //! token names a key the set does not have.
 //!
 //! Each key says which algorithm it verifies: its JWK `alg`, or for a key
@@ -382,16 +382,18 @@ async fn fetch_loop(
     }
 }
 
-/// GET `uri` from an endpoint of `cluster`, through its pool (as health checks do).
+/// GET `uri` from an endpoint of `cluster`, through its pool (as health
+/// checks do): the cluster's connector makes the TLS of an https URI, its
+/// `server_name` and `ca` checking the key server.
 async fn fetch(cluster: &Cluster, uri: &http::Uri) -> Result<Bytes, String> {
     let ep = cluster
         .pick(&http::HeaderMap::new())
         .ok_or_else(|| format!("cluster {} has no endpoint", cluster.name))?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = uri.authority().map_or("", |a| a.as_str());
+    // The URI as written: `:scheme` says https when the cluster's connector
+    // speaks TLS (validation pairs an https URI with a cluster that has `tls`).
     let req = Request::builder()
         .method(Method::GET)
-        .uri(format!("http://{authority}{path}"))
+        .uri(uri.clone())
         .header(header::USER_AGENT, "skiff-jwks")
         .header(header::ACCEPT, HeaderValue::from_static("application/json"))
         .body(RequestBody::fixed(Bytes::new()))

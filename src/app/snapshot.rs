@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::resilience::health::{self, HealthCheck};
 use crate::router::Router;
 use crate::tls::server::ServerTls;
+use crate::tls::terminate::{CertKeyPaths, EdgeCerts, SniCert};
 
 /// A cluster and its background tasks (discovery, health checks), which
 /// stop when the handle is dropped.
@@ -168,6 +169,71 @@ impl Drop for MeshIdentity {
     }
 }
 
+/// A `terminate` listener's certificates (a default one and those chosen by
+/// SNI) and the task that re-reads their files, which stops when this is
+/// dropped. Kept across reloads that leave the listener's `tls` as it is.
+pub struct EdgeTls {
+    pub certs: Arc<EdgeCerts>,
+    config: config::ListenerTls,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl EdgeTls {
+    /// Load every file of listener `listener`'s `tls` (an error names the
+    /// file and what is wrong) and watch them.
+    fn start(listener: &str, cfg: &config::ListenerTls) -> Result<EdgeTls, BuildError> {
+        let paths = |cert: &str, key: &str| CertKeyPaths {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        let default = paths(
+            cfg.cert.as_deref().unwrap_or_default(),
+            cfg.key.as_deref().unwrap_or_default(),
+        );
+        let sni = cfg
+            .sni
+            .iter()
+            .map(|s| SniCert {
+                domains: s.domains.clone(),
+                files: paths(&s.cert, &s.key),
+            })
+            .collect();
+        let certs = Arc::new(
+            EdgeCerts::load(default, sni)
+                .map_err(|e| BuildError::Invalid(format!("listener {listener}: tls: {e}")))?,
+        );
+        tracing::info!(
+            listener,
+            certificates = cfg.sni.len() + 1,
+            "edge TLS certificates loaded"
+        );
+        let (watched, name) = (certs.clone(), listener.to_string());
+        let watch = tokio::spawn(async move {
+            watched
+                .watch(CREDENTIALS_POLL, |result| match result {
+                    Ok(()) => tracing::info!(listener = %name, "edge TLS certificates reloaded"),
+                    Err(e) => tracing::warn!(
+                        listener = %name,
+                        error = %e,
+                        "edge TLS certificates refused; the ones in use stay"
+                    ),
+                })
+                .await;
+        });
+        Ok(EdgeTls {
+            certs,
+            config: cfg.clone(),
+            watch,
+        })
+    }
+}
+
+impl Drop for EdgeTls {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
 /// How often the credential files are read for changes.
 const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -191,6 +257,8 @@ pub struct Snapshot {
     /// Rate-limit buckets by listener and scope, kept across reloads that
     /// leave their settings as they are.
     limiters: HashMap<String, Arc<RateLimiter>>,
+    /// The certificates of `terminate` listeners, by listener name.
+    edge: HashMap<String, Arc<EdgeTls>>,
 }
 
 impl Snapshot {
@@ -259,7 +327,27 @@ impl Snapshot {
         let mut listeners = Vec::new();
         let mut jwks = HashMap::new();
         let mut limiters = HashMap::new();
+        let mut edge = HashMap::new();
         for l in &config.listeners {
+            let edge_tls = match l
+                .tls
+                .as_ref()
+                .filter(|t| t.mode == ListenerTlsMode::Terminate)
+            {
+                Some(cfg) => {
+                    let kept = old
+                        .and_then(|o| o.edge.get(&l.name))
+                        .filter(|e| e.config == *cfg)
+                        .cloned();
+                    let e = match kept {
+                        Some(e) => e,
+                        None => Arc::new(EdgeTls::start(&l.name, cfg)?),
+                    };
+                    edge.insert(l.name.clone(), e.clone());
+                    Some(e)
+                }
+                None => None,
+            };
             let keys = match &l.jwt {
                 Some(jwt) => {
                     let before = old.and_then(|o| o.jwks.get(&l.name));
@@ -290,6 +378,7 @@ impl Snapshot {
                     access_log,
                     admission.map(Arc::new),
                     mesh.as_ref().map(|m| &m.store),
+                    edge_tls.as_ref().map(|e| &e.certs),
                 )?),
             ));
         }
@@ -301,6 +390,7 @@ impl Snapshot {
             resolver,
             jwks,
             limiters,
+            edge,
         })
     }
 
@@ -333,24 +423,32 @@ fn listener_state(
     access_log: &Option<Arc<AccessLog>>,
     admission: Option<Arc<Admission>>,
     mesh: Option<&Arc<CredentialStore>>,
+    edge: Option<&Arc<EdgeCerts>>,
 ) -> Result<ListenerState, BuildError> {
     let mode = l.tls.as_ref().map(|t| t.mode).unwrap_or_default();
-    let tls = match (mode.needs_mesh_identity(), mesh) {
-        (false, _) => None,
-        (true, None) => {
-            return Err(BuildError::Invalid(format!(
-                "listener {}: tls.mode needs the top-level tls identity",
-                l.name
-            )))
+    let invalid =
+        |e: &dyn std::fmt::Display| BuildError::Invalid(format!("listener {}: {e}", l.name));
+    let server = match (mode, mesh, edge) {
+        (ListenerTlsMode::Disabled, _, _) => None,
+        (ListenerTlsMode::Terminate, _, Some(certs)) => {
+            Some(ServerTls::terminate(certs.clone()).map_err(|e| invalid(&format!("tls: {e}")))?)
         }
-        (true, Some(store)) => Some(InboundTls {
-            strict: mode == ListenerTlsMode::Strict,
-            server: ServerTls::mesh(store.clone())
-                .map_err(|e| BuildError::Invalid(format!("listener {}: tls: {e}", l.name)))?,
-            metrics: metrics.clone(),
-            listener: l.name.as_str().into(),
-        }),
+        (ListenerTlsMode::Terminate, _, None) => {
+            return Err(invalid(&"tls.mode terminate needs its certificates"))
+        }
+        (ListenerTlsMode::Strict | ListenerTlsMode::Permissive, Some(store), _) => {
+            Some(ServerTls::mesh(store.clone()).map_err(|e| invalid(&format!("tls: {e}")))?)
+        }
+        (ListenerTlsMode::Strict | ListenerTlsMode::Permissive, None, _) => {
+            return Err(invalid(&"tls.mode needs the top-level tls identity"))
+        }
     };
+    let tls = server.map(|server| InboundTls {
+        plaintext: mode == ListenerTlsMode::Permissive,
+        server,
+        metrics: metrics.clone(),
+        listener: l.name.as_str().into(),
+    });
     let mut per_cluster: HashMap<String, Target> = HashMap::new();
     let router = Router::build(l, |name| {
         if let Some(t) = per_cluster.get(name) {

@@ -164,7 +164,7 @@ pub struct Listener {
     /// Routing; may be empty on a transparent passthrough listener.
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
-    /// Not supported yet.
+    /// Mesh mTLS (`strict`, `permissive`) or edge TLS (`terminate`); plaintext without.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
     /// Who may call what: the first rule that matches decides; when rules
@@ -594,18 +594,34 @@ pub struct CircuitBreaker {
     pub max_connections: Option<u32>,
 }
 
-/// A listener's `tls`: whether it speaks mesh mTLS (with the top-level
-/// `tls` identity) or plaintext.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// A listener's `tls`: mesh mTLS (with the top-level `tls` identity), edge
+/// TLS with certificates of its own (`terminate`), or plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     pub mode: ListenerTlsMode,
-    /// For `terminate` (not built yet).
+    /// `terminate`: the default certificate chain, leaf first (PEM); re-read on change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
-    /// For `terminate` (not built yet).
+    /// `terminate`: the default certificate's private key (PEM); re-read on change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// `terminate`: more certificates, each served to clients asking for one
+    /// of its `domains` by SNI; the default one serves the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate of a `terminate` listener chosen by SNI.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// Server names: exact (any case) or `*.example.com` (one label).
+    pub domains: Vec<String>,
+    /// The certificate chain, leaf first (PEM).
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -618,7 +634,7 @@ pub enum ListenerTlsMode {
     /// Plaintext only.
     #[default]
     Disabled,
-    /// Edge TLS for clients outside the mesh (not built yet).
+    /// Edge TLS for clients outside the mesh, with `cert` and `key` (and `sni`).
     Terminate,
 }
 
@@ -717,7 +733,7 @@ pub struct JwksSource {
     /// A JWK Set file, re-read when it changes.
     #[serde(default)]
     pub file: Option<String>,
-    /// An `http://` URI of a JWK Set, fetched through `cluster`.
+    /// An `https://` (through a cluster with `tls`) or `http://` URI of a JWK Set, fetched through `cluster`.
     #[serde(default)]
     pub uri: Option<String>,
     /// The cluster that serves `uri`.

@@ -7,7 +7,7 @@
 //! (GOAWAY for HTTP/2, `Connection: close` after the current response for
 //! HTTP/1.1); so is a connection idle for `connection_idle_timeout`.
 //!
-//! Each connection's task runs in a `conn{listener, client, orig_dst, peer}`
+//! Each connection's task runs in a `conn{listener, client, orig_dst, tls, peer}`
 //! span and each request in a `req{method, authority, path, request_id}`
 //! span inside it, so every line logged about them says which they are.
 //! Both are at debug level: at the default `info` they are disabled spans,
@@ -37,7 +37,7 @@ use activity::Activity;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use detect::Detected;
-use state::{ConnInfo, ListenerState};
+use state::{ConnInfo, ConnTls, ListenerState};
 
 use http::header::HOST;
 use hyper::server::conn::http1;
@@ -122,21 +122,33 @@ pub struct Serving {
     pub connection_idle_timeout: Duration,
     /// Open connections at most (`limits.max_connections`).
     pub max_connections: usize,
-    /// Mesh TLS (`tls.mode` strict or permissive); `None` serves plaintext.
+    /// Mesh TLS (`tls.mode` strict or permissive) or edge TLS
+    /// (`terminate`); `None` serves plaintext.
     pub tls: Option<InboundTls>,
 }
 
-/// A mesh listener's TLS: its mode, the server side of the handshake, and
-/// where handshakes are counted (`skiff_tls_handshakes_total{side="inbound"}`).
+/// A listener's TLS: whether plaintext is served too, the server side of
+/// the handshake (mesh mTLS, or edge TLS with the listener's certificates),
+/// and where handshakes are counted (`skiff_tls_handshakes_total{side="inbound"}`).
 pub struct InboundTls {
-    /// Strict refuses plaintext; permissive takes it, with no peer identity.
-    pub strict: bool,
+    /// Permissive takes plaintext too, with no peer identity; strict and
+    /// terminate refuse it.
+    pub plaintext: bool,
     pub server: ServerTls,
     pub metrics: Metrics,
     pub listener: Arc<str>,
 }
 
 impl InboundTls {
+    /// How the refusal of a plaintext connection names this listener.
+    fn what(&self) -> &'static str {
+        if self.server.is_mesh() {
+            "a strict mTLS listener"
+        } else {
+            "an HTTPS (terminate) listener"
+        }
+    }
+
     fn count(&self, result: &str) {
         self.metrics
             .tls_handshake("inbound", &self.listener, result);
@@ -251,8 +263,8 @@ async fn serve_connection(
                 return serve_tls(stream, client, orig_dst, slot, serving, state, stop).await;
             }
             Ok((Detected::Http, read)) => {
-                if let Some(tls) = serving.tls.as_ref().filter(|t| t.strict) {
-                    let detail = "plaintext HTTP to a strict mTLS listener";
+                if let Some(tls) = serving.tls.as_ref().filter(|t| !t.plaintext) {
+                    let detail = format!("plaintext HTTP to {}", tls.what());
                     return tls.refuse(client, HandshakeFailure::Plaintext, &detail);
                 }
                 prefix = read;
@@ -260,8 +272,8 @@ async fn serve_connection(
             // TLS the app does itself on a plaintext listener: a ClientHello
             // goes where any other opaque stream goes.
             Ok((detected @ (Detected::Opaque | Detected::Tls), read)) => {
-                if let Some(tls) = serving.tls.as_ref().filter(|t| t.strict) {
-                    let detail = "neither TLS nor HTTP to a strict mTLS listener";
+                if let Some(tls) = serving.tls.as_ref().filter(|t| !t.plaintext) {
+                    let detail = format!("neither TLS nor HTTP to {}", tls.what());
                     return tls.refuse(client, HandshakeFailure::Plaintext, &detail);
                 }
                 match (serving.passthrough, orig_dst) {
@@ -304,13 +316,15 @@ async fn serve_connection(
         client,
         orig_dst,
         peer: None,
+        tls: None,
     });
     serve_http(stream, h2, conn, slot, serving, state, stop).await
 }
 
-/// The server side of mesh mTLS on a connection that opened with a
-/// ClientHello; then HTTP/2 or HTTP/1.1 by the negotiated ALPN, the
-/// connection carrying the client's verified identity.
+/// The server side of TLS on a connection that opened with a ClientHello:
+/// mesh mTLS (the connection then carries the client's verified identity)
+/// or edge TLS (no client certificate, no identity); then HTTP/2 or
+/// HTTP/1.1 by the negotiated ALPN.
 async fn serve_tls<S>(
     stream: S,
     client: SocketAddr,
@@ -334,14 +348,29 @@ async fn serve_tls<S>(
             }
         };
     tls.count("success");
+    let kind = if tls.server.is_mesh() {
+        ConnTls::Mesh
+    } else {
+        ConnTls::Edge
+    };
+    let span = tracing::Span::current();
+    span.record("tls", kind.as_str());
     if let Some(peer) = &peer {
-        tracing::Span::current().record("peer", tracing::field::display(peer));
+        span.record("peer", tracing::field::display(peer));
     }
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+    let session = stream.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(ALPN_H2);
+    tracing::debug!(
+        sni = session.server_name(),
+        alpn = session.alpn_protocol().map(String::from_utf8_lossy).as_deref(),
+        version = ?session.protocol_version(),
+        "TLS handshake done"
+    );
     let conn = Arc::new(ConnInfo {
         client,
         orig_dst,
         peer,
+        tls: Some(kind),
     });
     serve_http(stream, h2, conn, slot, serving, state, stop).await
 }
@@ -482,6 +511,7 @@ fn accept_span(listener: &str, client: SocketAddr, orig_dst: Option<SocketAddr>)
         listener = %listener,
         client = %client,
         orig_dst = orig_dst.map(tracing::field::display),
+        tls = tracing::field::Empty,
         peer = tracing::field::Empty,
     )
 }
@@ -492,6 +522,7 @@ pub fn connection_span(listener: &str, conn: &ConnInfo) -> tracing::Span {
         listener = %listener,
         client = %conn.client,
         orig_dst = conn.orig_dst.map(tracing::field::display),
+        tls = conn.tls.map(ConnTls::as_str),
         peer = conn.peer.as_ref().map(tracing::field::display),
     )
 }

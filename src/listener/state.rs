@@ -35,8 +35,29 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub orig_dst: Option<SocketAddr>,
     /// The peer's identity, set only when a handshake verified it (mesh
-    /// TLS); `None` on a plain connection.
+    /// TLS); `None` on a plain connection and at the edge.
     pub peer: Option<Identity>,
+    /// The TLS the connection came over; `None` in plaintext.
+    pub tls: Option<ConnTls>,
+}
+
+/// Which TLS a downstream connection came over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnTls {
+    /// Mesh mTLS (`strict`, `permissive`): the peer has a verified identity.
+    Mesh,
+    /// Edge TLS (`terminate`): a client outside the mesh, no identity.
+    Edge,
+}
+
+impl ConnTls {
+    /// As the access log and the `conn` span write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnTls::Mesh => "mesh",
+            ConnTls::Edge => "edge",
+        }
+    }
 }
 
 /// Set by the downstream HTTP/2 server when it resets a request's stream

@@ -37,6 +37,7 @@ fn conn() -> Arc<ConnInfo> {
         client: "127.0.0.1:40000".parse().unwrap(),
         orig_dst: None,
         peer: None,
+        tls: None,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::http::body::{
 use crate::http::{grpc, headers};
 use crate::identity::Identity;
 use crate::listener::activity::RequestGuard;
-use crate::listener::state::{ClientFault, ConnInfo, ListenerState, Target};
+use crate::listener::state::{ClientFault, ConnInfo, ConnTls, ListenerState, Target};
 use crate::resilience::breaker::Permit;
 use crate::resilience::policy::Outcome;
 
@@ -57,6 +57,7 @@ pub(super) struct Exchange {
 /// What the access log needs beyond the metrics; only kept when it is on.
 struct LogFields {
     version: Version,
+    tls: Option<ConnTls>,
     peer: Option<Identity>,
     method: http::Method,
     path: String,
@@ -84,6 +85,7 @@ impl Exchange {
             .filter(|a| !a.is_empty());
         let log = state.access_log.is_some().then(|| LogFields {
             version: req.version(),
+            tls: conn.tls,
             peer: conn.peer.clone(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -245,6 +247,7 @@ fn record(
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             listener: &ex.state.name,
             client: ex.client.to_string(),
+            tls: fields.tls.map(ConnTls::as_str),
             peer: fields.peer.as_ref().map(Identity::as_str),
             protocol: version_str(fields.version),
             method: fields.method.as_str(),

@@ -7,6 +7,9 @@ of protobuf encoding, so no generated code is needed.
                                  # stops when stdin closes
     grpc_peer.py client TARGET   # runs every call kind against TARGET, prints
                                  # one JSON line per check; exit 0 if all pass
+    grpc_peer.py client TARGET --root-cert FILE --server-name NAME
+                                 # the same over TLS, trusting the roots in FILE
+                                 # and checking the server's certificate for NAME
 
 The server behaves as the Rust test server does: echo the payload, repeat,
 wait delay_ms, fail with fail_code/fail_message and add `trailers` to the
@@ -214,7 +217,18 @@ def serve():
 # --- client ---
 
 
-def run_client(target):
+def _channel(target, root_cert, server_name):
+    if root_cert is None:
+        return grpc.insecure_channel(target, options=OPTIONS)
+    with open(root_cert, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    options = list(OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target, creds, options=options)
+
+
+def run_client(target, root_cert=None, server_name=None):
     results = []
 
     def check(name, fn):
@@ -225,7 +239,7 @@ def run_client(target):
         results.append(ok)
         print(json.dumps({"check": name, "ok": ok, "detail": detail}), flush=True)
 
-    with grpc.insecure_channel(target, options=OPTIONS) as channel:
+    with _channel(target, root_cert, server_name) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         path = "/%s/" % SERVICE
         unary_call = channel.unary_unary(path + "Unary")
@@ -301,7 +315,8 @@ def main():
         serve()
         return 0
     if len(sys.argv) >= 3 and sys.argv[1] == "client":
-        return run_client(sys.argv[2])
+        flags = dict(zip(sys.argv[3::2], sys.argv[4::2]))
+        return run_client(sys.argv[2], flags.get("--root-cert"), flags.get("--server-name"))
     print(__doc__, file=sys.stderr)
     return 2
 

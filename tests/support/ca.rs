@@ -65,6 +65,20 @@ impl Leaf {
         }
     }
 
+    /// A server certificate for the DNS names `dns` (the first is also its
+    /// common name), valid from an hour ago for a day: what an edge
+    /// listener or an HTTPS server outside the mesh presents.
+    pub fn server(dns: &[&str]) -> Leaf {
+        let now = SystemTime::now();
+        Leaf {
+            uris: Vec::new(),
+            dns: dns.iter().map(|d| d.to_string()).collect(),
+            not_before: now - HOUR,
+            not_after: now + 24 * HOUR,
+            key_pkcs8_pem: None,
+        }
+    }
+
     /// The same, valid from `not_before` to `not_after`.
     pub fn valid(mut self, not_before: SystemTime, not_after: SystemTime) -> Leaf {
         self.not_before = not_before;
@@ -150,10 +164,10 @@ impl TestCa {
                 .subject_alt_names
                 .push(SanType::URI(uri.as_str().try_into()?));
         }
-        params.distinguished_name.push(
-            DnType::CommonName,
-            spec.uris.first().map_or("leaf", |u| u.as_str()),
-        );
+        let name = spec.uris.first().or(spec.dns.first());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.map_or("leaf", |n| n.as_str()));
         params.not_before = time(spec.not_before)?;
         params.not_after = time(spec.not_after)?;
         params.key_usages = vec![

@@ -23,6 +23,7 @@ pub mod grpc_backend;
 pub mod hostile;
 pub mod http_backend;
 pub mod http_client;
+pub mod https;
 pub mod jwt;
 pub mod netns;
 pub mod peers;

@@ -293,3 +293,21 @@ pub fn python_grpc_client(target: SocketAddr) -> anyhow::Result<Output> {
         .arg(target.to_string());
     run_bounded(cmd, Duration::from_secs(60))
 }
+
+/// The same over TLS: the client trusts the roots in `root_cert` (PEM) and
+/// checks the server's certificate for `server_name`.
+pub fn python_grpc_client_tls(
+    target: SocketAddr,
+    root_cert: &Path,
+    server_name: &str,
+) -> anyhow::Result<Output> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(grpc_peer_script())
+        .arg("client")
+        .arg(target.to_string())
+        .arg("--root-cert")
+        .arg(root_cert)
+        .arg("--server-name")
+        .arg(server_name);
+    run_bounded(cmd, Duration::from_secs(60))
+}

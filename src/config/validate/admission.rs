@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::Rules;
-use crate::config::model::{Jwt, Listener, RateLimit, RateLimitKey, Route};
+use crate::config::model::{
+    ClusterTlsMode, JwksSource, Jwt, Listener, RateLimit, RateLimitKey, Route,
+};
 use crate::config::parse::Draft;
 
 /// Most clock skew a `leeway` may allow: more would stretch every token's life.
@@ -136,8 +138,9 @@ impl Rules<'_> {
                 }
             }
             (None, Some(uri)) => {
-                if let Err(message) = check_jwks_uri(uri) {
-                    self.value(&format!("{base}.uri"), message);
+                match check_jwks_uri(uri) {
+                    Err(message) => self.value(&format!("{base}.uri"), message),
+                    Ok(https) => self.jwks_scheme(d, j, https, base),
                 }
                 match &j.cluster {
                     Some(name) => self.cluster_ref(d, &format!("{base}.cluster"), name),
@@ -151,6 +154,32 @@ impl Rules<'_> {
                 }
             }
         }
+    }
+
+    /// An `https://` JWKS URI is fetched through its cluster's TLS, so the
+    /// cluster needs `tls` (`simple` for a server outside the mesh; `mesh`
+    /// is TLS too); an `http://` one through a `simple` cluster would name
+    /// the wrong scheme.
+    fn jwks_scheme(&mut self, d: &Draft, j: &JwksSource, https: bool, base: &str) {
+        let Some(name) = &j.cluster else { return };
+        let Some((i, c)) = d.clusters.iter().find(|(_, c)| c.name == *name) else {
+            return;
+        };
+        let mode = c.tls.as_ref().map(|t| t.mode);
+        let uri = j.uri.as_deref().unwrap_or("");
+        let cluster_at = format!("clusters[{i}]");
+        let message = match (https, mode) {
+            (true, None | Some(ClusterTlsMode::Disabled)) => format!(
+                "`{uri}` is https, but cluster `{name}`{} has no `tls`: give it `tls: {{ mode: simple, server_name: <the name in the server's certificate> }}` (and `ca` for a private CA), or write `http://`",
+                self.line_of(&cluster_at)
+            ),
+            (false, Some(ClusterTlsMode::Simple)) => format!(
+                "`{uri}` is http, but cluster `{name}`{} speaks TLS (`tls.mode: simple`): write `https://`",
+                self.line_of(&cluster_at)
+            ),
+            _ => return,
+        };
+        self.value(&format!("{base}.uri"), message);
     }
 
     /// `has_jwt`: the listener verifies tokens; `public`: the route says `jwt: false`.
@@ -215,22 +244,20 @@ impl Rules<'_> {
     }
 }
 
-/// A JWKS URI: `http://host[:port]/path`.
-fn check_jwks_uri(uri: &str) -> Result<(), String> {
+/// A JWKS URI: `http://host[:port]/path` or `https://...`; whether it is https.
+fn check_jwks_uri(uri: &str) -> Result<bool, String> {
     let parsed: http::Uri = uri
         .parse()
-        .map_err(|_| format!("`{uri}` is not a URI; write `http://host/path`"))?;
-    match parsed.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!("`{uri}` is https, which needs TLS toward the cluster (`tls: {{mode: simple}}`), not supported yet; serve the JWK Set over http:// inside the cluster, or use `jwks.file`"));
-        }
-        _ => return Err(format!("`{uri}` must start with `http://`")),
-    }
+        .map_err(|_| format!("`{uri}` is not a URI; write `https://host/path`"))?;
+    let https = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{uri}` must start with `https://` or `http://`")),
+    };
     if parsed.host().is_none_or(str::is_empty) {
         return Err(format!("`{uri}` names no host"));
     }
-    Ok(())
+    Ok(https)
 }
 
 #[cfg(test)]
@@ -239,11 +266,12 @@ mod tests {
 
     #[test]
     fn jwks_uris() {
-        assert!(check_jwks_uri("http://auth/.well-known/jwks.json").is_ok());
-        assert!(check_jwks_uri("http://auth:8080/keys").is_ok());
-        assert!(check_jwks_uri("https://auth/keys")
-            .unwrap_err()
-            .contains("not supported yet"));
+        assert_eq!(
+            check_jwks_uri("http://auth/.well-known/jwks.json"),
+            Ok(false)
+        );
+        assert_eq!(check_jwks_uri("http://auth:8080/keys"), Ok(false));
+        assert_eq!(check_jwks_uri("https://auth/keys"), Ok(true));
         assert!(check_jwks_uri("ftp://auth/keys").is_err());
         assert!(check_jwks_uri("/keys").is_err());
         assert!(check_jwks_uri("not a uri").is_err());

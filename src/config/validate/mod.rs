@@ -25,7 +25,7 @@ mod tls;
 
 use std::collections::HashMap;
 
-use super::model::{Cluster, Listener, ListenerTlsMode, Route};
+use super::model::{Cluster, Listener, Route};
 use super::parse::Draft;
 use super::{ConfigError, Dur, Locator};
 
@@ -44,24 +44,12 @@ struct NotYet<T> {
 
 const NOT_YET_TOP_LEVEL: &[NotYet<Draft>] = &[];
 
-const NOT_YET_LISTENER: &[NotYet<Listener>] = &[
-    NotYet {
-        key: "tls.mode",
-        what: "listener `tls.mode: terminate` (edge TLS)",
-        used: |l| {
-            l.tls
-                .as_ref()
-                .is_some_and(|t| t.mode == ListenerTlsMode::Terminate)
-        },
-        hint: "use strict, permissive or disabled",
-    },
-    NotYet {
-        key: "rate_limit.shared",
-        what: "`rate_limit.shared` (one budget across replicas, in Redis)",
-        used: |l| l.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
-        hint: "remove it; each replica keeps its own buckets",
-    },
-];
+const NOT_YET_LISTENER: &[NotYet<Listener>] = &[NotYet {
+    key: "rate_limit.shared",
+    what: "`rate_limit.shared` (one budget across replicas, in Redis)",
+    used: |l| l.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
+    hint: "remove it; each replica keeps its own buckets",
+}];
 
 const NOT_YET_ROUTE: &[NotYet<Route>] = &[NotYet {
     key: "rate_limit.shared",

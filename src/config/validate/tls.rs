@@ -1,8 +1,11 @@
 //! Rules for TLS: this workload's identity files (top-level `tls`), a
-//! listener's mode and a cluster's mesh or simple TLS.
+//! listener's mode (mesh, or edge with its certificates) and a cluster's
+//! mesh or simple TLS.
+
+use std::collections::HashMap;
 
 use super::Rules;
-use crate::config::model::{Cluster, ClusterTlsMode, Listener, ListenerTlsMode};
+use crate::config::model::{Cluster, ClusterTlsMode, Listener, ListenerTls, ListenerTlsMode};
 use crate::config::parse::Draft;
 use crate::identity::Identity;
 
@@ -38,13 +41,68 @@ impl Rules<'_> {
             );
             self.key_error(&path, message);
         }
-        if tls.mode != ListenerTlsMode::Terminate {
-            for (key, given) in [("cert", &tls.cert), ("key", &tls.key)] {
-                if given.is_some() {
+        if tls.mode == ListenerTlsMode::Terminate {
+            return self.terminate(tls, &path);
+        }
+        let given = [
+            ("cert", tls.cert.is_some()),
+            ("key", tls.key.is_some()),
+            ("sni", !tls.sni.is_empty()),
+        ];
+        let why = match tls.mode {
+            ListenerTlsMode::Disabled => "a plaintext listener serves no certificate",
+            _ => "a mesh listener uses the top-level `tls` identity",
+        };
+        for (key, _) in given.into_iter().filter(|(_, given)| *given) {
+            let message = format!("`{key}` belongs to `mode: terminate`; {why}");
+            self.key_error(&format!("{path}.{key}"), message);
+        }
+    }
+
+    /// Edge TLS: a default certificate and key, and SNI certificates each
+    /// for names of their own. The files are read when the listener starts
+    /// (an unusable one stops the start, naming the file), as the mesh
+    /// identity's are: a config is often checked where its secrets are not.
+    fn terminate(&mut self, tls: &ListenerTls, path: &str) {
+        for (key, given) in [("cert", &tls.cert), ("key", &tls.key)] {
+            match given {
+                None => {
                     let message = format!(
-                        "`{key}` belongs to `mode: terminate`; a mesh listener uses the top-level `tls` identity"
+                        "`mode: terminate` needs `{key}`: the {} served to clients that match no `sni` entry",
+                        if key == "cert" { "certificate chain (PEM)" } else { "certificate's private key (PEM)" }
                     );
-                    self.key_error(&format!("{path}.{key}"), message);
+                    self.value(path, message);
+                }
+                Some(file) if file.trim().is_empty() => {
+                    let message = format!("`{key}` cannot be empty: give the path of a PEM file");
+                    self.value(&format!("{path}.{key}"), message);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (i, entry) in tls.sni.iter().enumerate() {
+            let base = format!("{path}.sni[{i}]");
+            if entry.domains.is_empty() {
+                let message = "`domains` needs at least one server name, like [\"api.shop.example\"] or [\"*.shop.example\"]";
+                self.value(&format!("{base}.domains"), message.into());
+            }
+            for (j, domain) in entry.domains.iter().enumerate() {
+                let at = format!("{base}.domains[{j}]");
+                if let Err(message) = check_sni_domain(domain) {
+                    self.value(&at, message);
+                } else if let Some(first) = seen.insert(domain.to_ascii_lowercase(), at.clone()) {
+                    let message = format!(
+                        "`{domain}` is already served by another certificate{}; a name picks one certificate",
+                        self.line_of(&first)
+                    );
+                    self.value(&at, message);
+                }
+            }
+            for (key, file) in [("cert", &entry.cert), ("key", &entry.key)] {
+                if file.trim().is_empty() {
+                    let message = format!("`{key}` cannot be empty: give the path of a PEM file");
+                    self.value(&format!("{base}.{key}"), message);
                 }
             }
         }
@@ -122,5 +180,53 @@ fn mode_name(mode: ListenerTlsMode) -> &'static str {
         ListenerTlsMode::Permissive => "permissive",
         ListenerTlsMode::Disabled => "disabled",
         ListenerTlsMode::Terminate => "terminate",
+    }
+}
+
+/// A name a client asks for by SNI: a host name (no port: SNI carries
+/// none), or `*.suffix` for one label below `suffix`.
+fn check_sni_domain(domain: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{domain}` is not a server name: {why}"));
+    if domain.is_empty() {
+        return bad("it is empty");
+    }
+    if domain == "*" {
+        return bad("the default `cert` already serves every name no `sni` entry has");
+    }
+    let rest = domain.strip_prefix("*.").unwrap_or(domain);
+    if rest.contains('*') {
+        return bad("`*` may only begin a name (`*.shop.example`)");
+    }
+    if rest.contains(':') {
+        return bad("SNI carries no port; leave it out");
+    }
+    if rest.parse::<std::net::IpAddr>().is_ok() {
+        return bad("clients send no SNI for an IP address; the default `cert` serves those");
+    }
+    if !super::host_labels_ok(rest) {
+        return bad("expected a host name of letters, digits, `-` and dots, or `*.suffix`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_sni_domain;
+
+    #[test]
+    fn sni_domains() {
+        for ok in [
+            "api.shop.example",
+            "API.Shop.Example",
+            "*.shop.example",
+            "localhost",
+        ] {
+            assert_eq!(check_sni_domain(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "*", "a.*.b", "**.b", "api:443", "10.0.0.1", "a..b", "*.", "-a.b",
+        ] {
+            assert!(check_sni_domain(bad).is_err(), "{bad}");
+        }
     }
 }
