@@ -12,6 +12,7 @@ use super::BuildError;
 use crate::access_log::AccessLog;
 use crate::admission::authorization::Policy;
 use crate::admission::jwks::{self, Jwks};
+use crate::admission::rate_limit::shared::{SharedBudget, Stores};
 use crate::admission::rate_limit::RateLimiter;
 use crate::admission::Admission;
 use crate::cluster::discovery::{self, dns::DnsResolver};
@@ -191,6 +192,8 @@ pub struct Snapshot {
     /// Rate-limit buckets by listener and scope, kept across reloads that
     /// leave their settings as they are.
     limiters: HashMap<String, Arc<RateLimiter>>,
+    /// The Redis stores of shared rate limits, by URL, kept across reloads.
+    redis: Stores,
 }
 
 impl Snapshot {
@@ -259,6 +262,7 @@ impl Snapshot {
         let mut listeners = Vec::new();
         let mut jwks = HashMap::new();
         let mut limiters = HashMap::new();
+        let mut redis = Stores::default();
         for l in &config.listeners {
             let keys = match &l.jwt {
                 Some(jwt) => {
@@ -275,9 +279,22 @@ impl Snapshot {
                     .and_then(|o| o.limiters.get(&id))
                     .filter(|r| r.config == *c)
                     .cloned();
-                let r = kept.unwrap_or_else(|| Arc::new(RateLimiter::new(c)));
+                let r = match kept {
+                    Some(r) => {
+                        redis.keep(&r);
+                        r
+                    }
+                    None => Arc::new(match &c.shared {
+                        None => RateLimiter::new(c),
+                        Some(s) => {
+                            let store = redis.get(&s.redis, old.map(|o| &o.redis))?;
+                            let budget = SharedBudget::new(c, s, store, &l.name, scope, metrics);
+                            RateLimiter::with_shared(c, budget)
+                        }
+                    }),
+                };
                 limiters.insert(id, r.clone());
-                r
+                Ok(r)
             };
             let admission = Admission::build(l, keys, &mut limiter, metrics)
                 .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
@@ -301,6 +318,7 @@ impl Snapshot {
             resolver,
             jwks,
             limiters,
+            redis,
         })
     }
 
