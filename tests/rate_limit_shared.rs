@@ -478,3 +478,69 @@ async fn a_redis_that_does_not_answer_costs_a_request_at_most_the_timeout() -> a
     assert_eq!(after, 20.0, "checks reach Redis again");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_redis_connection_and_the_budget() -> anyhow::Result<()> {
+    let Some(redis) = redis_server()? else {
+        return Ok(());
+    };
+    let backend = HttpBackend::start().await?;
+    let yaml = |burst: u32, extra_cluster: &str| {
+        format!(
+            "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - name: gateway
+    address: 127.0.0.1:0
+    rate_limit: {{ requests_per_second: 0.1, burst: {burst}, shared: {} }}
+    virtual_hosts:
+      - name: all
+        domains: [\"*\"]
+        routes:
+          - match: {{ prefix: / }}
+            cluster: backend
+clusters:
+  - name: backend
+    endpoints: [\"{}\"]
+{extra_cluster}",
+            shared(&redis, ""),
+            backend.addr()
+        )
+    };
+    let proxy = support::Proxy::start_reloading(&yaml(2, "")).await?;
+    let mut conn = redis.connection()?;
+    let mut clients = || -> anyhow::Result<usize> {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn)?;
+        Ok(list.lines().count())
+    };
+    // The proxy's one connection, and the test's.
+    eventually(Duration::from_secs(10), || {
+        let n = clients();
+        async move {
+            ensure!(n? == 2, "the proxy has not connected yet");
+            Ok(())
+        }
+    })
+    .await?;
+    let mut c = HttpClient::connect(proxy.addr(), Proto::H1).await?;
+    assert_eq!(get(&mut c).await?.status, 200);
+
+    // Another cluster: the limit is the same, its budget and connection stay.
+    let other = "  - name: other\n    endpoints: [\"127.0.0.1:9\"]\n";
+    proxy.reload(&yaml(2, other)).await?;
+    assert_eq!(get(&mut c).await?.status, 200);
+    assert_eq!(get(&mut c).await?.status, 429, "the budget carried over");
+    assert_eq!(clients()?, 2, "the connection carried over");
+
+    // Other settings make a new limit, on the same connection; the key's
+    // TAT in Redis still counts (a larger burst lets one more through).
+    proxy.reload(&yaml(3, other)).await?;
+    assert_eq!(get(&mut c).await?.status, 200);
+    assert_eq!(get(&mut c).await?.status, 429);
+    assert_eq!(clients()?, 2);
+    let (_, text) = proxy.admin_get("/metrics").await?;
+    assert_eq!(
+        metric_value(&text, "skiff_ratelimit_shared_fallback_total", &[]),
+        Some(0.0)
+    );
+    Ok(())
+}
