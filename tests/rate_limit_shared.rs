@@ -544,3 +544,82 @@ clusters:
     );
     Ok(())
 }
+
+/// What shared mode adds to a request's latency over a local limit: 2,000
+/// sequential requests on one kept-alive connection to each of two
+/// listeners of one skiff (a limit that never trips, local on one, shared
+/// on the other), in alternating blocks of 100 so that the machine's drift
+/// hits both alike. Prints p50 / p90 / p99; asserts nothing about time.
+/// `SKIFF_BIN=target/release/skiff` measures a release build (BENCHMARKS.md,
+/// "Shared rate limits").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored (BENCHMARKS.md)"]
+async fn shared_mode_latency_over_local() -> anyhow::Result<()> {
+    let Some(redis) = redis_server()? else {
+        return Ok(());
+    };
+    let backend = HttpBackend::start().await?;
+    let never = "requests_per_second: 1000000, burst: 1000000";
+    let listeners = [
+        ("local", format!("{{ {never} }}")),
+        (
+            "shared",
+            format!("{{ {never}, shared: {} }}", shared(&redis, "")),
+        ),
+    ];
+    let binary = std::env::var("SKIFF_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| support::process::SKIFF.into());
+    let mut yaml = String::from("admin: { address: 127.0.0.1:0 }\nlisteners:\n");
+    for (name, limit) in &listeners {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    address: 127.0.0.1:0\n    rate_limit: {limit}\n    virtual_hosts: [{{ name: all, domains: [\"*\"], routes: [{{ cluster: backend }}] }}]\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "clusters:\n  - name: backend\n    endpoints: [\"{}\"]\n",
+        backend.addr()
+    ));
+    let dir = ScratchDir::new("rate-limit-latency")?;
+    let config = dir.write("skiff.yaml", &yaml)?;
+    let skiff = tokio::task::spawn_blocking(move || {
+        SkiffProcess::start_binary(&binary, &config, &["local", "shared"])
+    })
+    .await??;
+    let gw = Gateways { skiff, _dir: dir };
+    gw.wait_for_log("connected to Redis", 1).await?;
+    let mut local = HttpClient::connect(gw.addr("local")?, Proto::H1).await?;
+    let mut shared = HttpClient::connect(gw.addr("shared")?, Proto::H1).await?;
+    let (mut l, mut s) = (Vec::new(), Vec::new());
+    for round in 0..22 {
+        for (c, out) in [(&mut local, &mut l), (&mut shared, &mut s)] {
+            for _ in 0..100 {
+                let started = Instant::now();
+                ensure!(get(c).await?.status == 200);
+                // The first two rounds warm up.
+                if round >= 2 {
+                    out.push(started.elapsed());
+                }
+            }
+        }
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (l50, l90, l99) = (pct(&mut l, 0.5), pct(&mut l, 0.9), pct(&mut l, 0.99));
+    let (s50, s90, s99) = (pct(&mut s, 0.5), pct(&mut s, 0.9), pct(&mut s, 0.99));
+    println!(
+        "{} requests each: local p50 {:.0} µs, p90 {:.0}, p99 {:.0}; shared p50 {:.0} µs, p90 {:.0}, p99 {:.0}; added p50 {:+.0} µs, p90 {:+.0}, p99 {:+.0}",
+        l.len(),
+        us(l50), us(l90), us(l99),
+        us(s50), us(s90), us(s99),
+        us(s50) - us(l50), us(s90) - us(l90), us(s99) - us(l99),
+    );
+    let fallbacks = gw
+        .metric("skiff_ratelimit_shared_fallback_total", &[])
+        .await?;
+    assert_eq!(fallbacks, 0.0, "every shared check reached Redis");
+    Ok(())
+}
