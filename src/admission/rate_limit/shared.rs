@@ -14,7 +14,7 @@
 //! a check that times out or finds the connection broken marks it down.
 //! While it is down, no check goes to Redis at all: the `fallback` decides
 //! at once (`local`: this replica's own buckets; `allow`; `deny`), and one
-//! background probe runs the same script on a key of its own, after 50ms,
+//! background probe runs the same script on a key of its own, at once and after 50ms,
 //! then backing off to every 2s (with jitter), until Redis answers; then the
 //! store is up again. So an outage costs at most the requests in flight when
 //! it began one `timeout` each, Redis sees one connection attempt per
