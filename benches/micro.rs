@@ -291,7 +291,7 @@ fn admission(c: &mut Criterion) {
     )
     .unwrap();
     let metrics = skiff::metrics::Metrics::new().unwrap();
-    let mut limiters = |_: &str, c: &skiff::config::RateLimit| Arc::new(RateLimiter::new(c));
+    let mut limiters = |_: &str, c: &skiff::config::RateLimit| Ok(Arc::new(RateLimiter::new(c)));
     let admission = Admission::build(&listener, Some(jwks.clone()), &mut limiters, &metrics)
         .unwrap()
         .unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the peers the tests talk to: curl and h2load (nghttp2-client),
-# Python's grpcio and kubernetes-validate, iptables and iproute2. Skips what
-# is already there.
+# Python's grpcio and kubernetes-validate, iptables and iproute2, redis-server
+# (shared rate limits). Skips what is already there.
 set -euo pipefail
 
 need=()
@@ -9,6 +9,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Only the binary is used: the tests start their own on a loopback port.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 # Peers of the benchmark harness's quick mode.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)

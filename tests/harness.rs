@@ -219,3 +219,23 @@ async fn test_ca_svids_load_and_handshake() -> anyhow::Result<()> {
     assert_eq!(connected?.1, Some(payment));
     Ok(())
 }
+
+#[test]
+fn redis_server_starts_stops_and_restarts_on_its_port() -> anyhow::Result<()> {
+    if !peers::redis_server() {
+        return Ok(());
+    }
+    let mut redis = support::redis_server::RedisServer::start()?;
+    let url = redis.url();
+    let pong: String = redis::cmd("PING").query(&mut redis.connection()?)?;
+    assert_eq!(pong, "PONG");
+    redis.stop();
+    assert!(redis.connection().is_err(), "stopped");
+    redis.restart()?;
+    assert_eq!(redis.url(), url, "the same port");
+    let mut conn = redis.connection()?;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut conn)?;
+    let v: String = redis::cmd("GET").arg("k").query(&mut conn)?;
+    assert_eq!(v, "v");
+    Ok(())
+}

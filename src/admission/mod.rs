@@ -23,6 +23,7 @@ pub mod rate_limit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, Request};
 use prometheus::IntCounter;
@@ -33,7 +34,7 @@ use crate::listener::state::{ConnInfo, ListenerState};
 use crate::metrics::Metrics;
 use jwks::Jwks;
 use jwt::{AuthError, JwtAuth, Reason, Verified};
-use rate_limit::{KeySource, RateLimiter};
+use rate_limit::{KeySource, RateLimiter, Verdict};
 
 /// A rate limit in force: its buckets and what a request's key is.
 pub struct Limit {
@@ -60,7 +61,8 @@ pub struct Admission {
 /// Where the rate limiters of a listener come from: `scope` names the
 /// section (`""` for the listener's, else its route), so a reload can hand
 /// back the buckets of unchanged settings.
-pub type Limiters<'a> = dyn FnMut(&str, &config::RateLimit) -> Arc<RateLimiter> + 'a;
+pub type Limiters<'a> =
+    dyn FnMut(&str, &config::RateLimit) -> Result<Arc<RateLimiter>, String> + 'a;
 
 impl Admission {
     /// The rules of listener `l`, or `None` when it has none (no `jwt`,
@@ -112,18 +114,20 @@ impl Admission {
             _ => None,
         };
         let mut limit = |scope: &str, c: &config::RateLimit| {
-            let limiter = limiters(scope, c);
+            let limiter = limiters(scope, c)?;
             let key = limiter.key_source(|claim| jwt.as_ref()?.claim_index(claim));
-            Limit { limiter, key }
+            Ok::<_, String>(Limit { limiter, key })
         };
-        let listener_limit = l.rate_limit.as_ref().map(|c| limit("", c));
+        let listener_limit = l.rate_limit.as_ref().map(|c| limit("", c)).transpose()?;
         let routes = route_limits
             .iter()
-            .map(|(scope, r)| RouteRule {
-                public: r.jwt == Some(false),
-                limit: r.rate_limit.as_ref().map(|c| limit(scope, c)),
+            .map(|(scope, r)| {
+                Ok(RouteRule {
+                    public: r.jwt == Some(false),
+                    limit: r.rate_limit.as_ref().map(|c| limit(scope, c)).transpose()?,
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(Some(Admission {
             jwt,
             limit: listener_limit,
@@ -148,7 +152,8 @@ impl Admission {
         headers: &mut HeaderMap,
     ) -> Result<(), ProxyError> {
         let verified = self.authenticate(route, headers).await?;
-        self.rate_limit(route, client, headers, verified.as_deref())?;
+        self.rate_limit(route, client, headers, verified.as_deref())
+            .await?;
         self.forward(verified.as_deref(), headers);
         Ok(())
     }
@@ -171,8 +176,10 @@ impl Admission {
         verified.map(Some).map_err(|e| refusal(auth, e))
     }
 
-    /// Take a token from the request's bucket: the route's, else the listener's.
-    pub fn rate_limit(
+    /// Take a token from the request's bucket: the route's, else the
+    /// listener's. With `shared` it is kept in Redis, and this waits at most
+    /// the section's `shared.timeout`.
+    pub async fn rate_limit(
         &self,
         route: Option<usize>,
         client: IpAddr,
@@ -183,16 +190,23 @@ impl Admission {
         let Some(l) = rule.and_then(|r| r.limit.as_ref()).or(self.limit.as_ref()) else {
             return Ok(());
         };
-        let key = l.limiter.key(&l.key, client, headers, verified);
-        let Err(wait) = l.limiter.check(key) else {
-            return Ok(());
+        let (what, wait) = match l.limiter.decide(&l.key, client, headers, verified).await {
+            Verdict::Pass => return Ok(()),
+            Verdict::Limited(wait) => {
+                let what = format!(
+                    "over the rate limit of {} requests per second (burst {})",
+                    l.limiter.config.requests_per_second,
+                    l.limiter.config.burst()
+                );
+                (what, wait)
+            }
+            // Ask again in a second: the store is probed more often than that.
+            Verdict::Unavailable => (
+                "the shared rate limit's Redis does not answer, and its fallback is deny".into(),
+                Duration::from_secs(1),
+            ),
         };
         self.ratelimited.inc();
-        let what = format!(
-            "over the rate limit of {} requests per second (burst {})",
-            l.limiter.config.requests_per_second,
-            l.limiter.config.burst()
-        );
         Err(ProxyError::new(ErrorKind::RateLimited, what)
             .with_retry_after(wait)
             .with_rate_limit(l.limiter.fields()))
@@ -226,7 +240,8 @@ pub async fn check<B>(
     };
     authorize(state, conn, req)?;
     if let Some(a) = admission {
-        a.rate_limit(route, conn.client.ip(), req.headers(), verified.as_deref())?;
+        a.rate_limit(route, conn.client.ip(), req.headers(), verified.as_deref())
+            .await?;
         a.forward(verified.as_deref(), req.headers_mut());
     }
     Ok(())

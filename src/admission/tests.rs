@@ -38,7 +38,7 @@ fn build(l: &config::Listener, key: Option<&TestKey>) -> (Admission, crate::metr
         }
         j
     });
-    let mut limiters = |_: &str, c: &config::RateLimit| Arc::new(RateLimiter::new(c));
+    let mut limiters = |_: &str, c: &config::RateLimit| Ok(Arc::new(RateLimiter::new(c)));
     let a = Admission::build(l, jwks, &mut limiters, &metrics)
         .unwrap()
         .unwrap();
@@ -63,7 +63,7 @@ const PRIVATE: Option<usize> = Some(1);
 fn a_listener_without_rules_has_no_admission() {
     let l = listener(false, "", "");
     let metrics = crate::metrics::Metrics::new().unwrap();
-    let mut limiters = |_: &str, c: &config::RateLimit| Arc::new(RateLimiter::new(c));
+    let mut limiters = |_: &str, c: &config::RateLimit| Ok(Arc::new(RateLimiter::new(c)));
     assert!(Admission::build(&l, None, &mut limiters, &metrics)
         .unwrap()
         .is_none());

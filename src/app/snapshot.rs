@@ -12,6 +12,7 @@ use super::BuildError;
 use crate::access_log::AccessLog;
 use crate::admission::authorization::Policy;
 use crate::admission::jwks::{self, Jwks};
+use crate::admission::rate_limit::shared::{SharedBudget, Stores};
 use crate::admission::rate_limit::RateLimiter;
 use crate::admission::Admission;
 use crate::cluster::discovery::{self, dns::DnsResolver};
@@ -259,6 +260,8 @@ pub struct Snapshot {
     limiters: HashMap<String, Arc<RateLimiter>>,
     /// The certificates of `terminate` listeners, by listener name.
     edge: HashMap<String, Arc<EdgeTls>>,
+    /// The Redis stores of shared rate limits, by URL, kept across reloads.
+    redis: Stores,
 }
 
 impl Snapshot {
@@ -328,6 +331,7 @@ impl Snapshot {
         let mut jwks = HashMap::new();
         let mut limiters = HashMap::new();
         let mut edge = HashMap::new();
+        let mut redis = Stores::default();
         for l in &config.listeners {
             let edge_tls = match l
                 .tls
@@ -363,9 +367,22 @@ impl Snapshot {
                     .and_then(|o| o.limiters.get(&id))
                     .filter(|r| r.config == *c)
                     .cloned();
-                let r = kept.unwrap_or_else(|| Arc::new(RateLimiter::new(c)));
+                let r = match kept {
+                    Some(r) => {
+                        redis.keep(&r);
+                        r
+                    }
+                    None => Arc::new(match &c.shared {
+                        None => RateLimiter::new(c),
+                        Some(s) => {
+                            let store = redis.get(&s.redis, old.map(|o| &o.redis))?;
+                            let budget = SharedBudget::new(c, s, store, &l.name, scope, metrics);
+                            RateLimiter::with_shared(c, budget)
+                        }
+                    }),
+                };
                 limiters.insert(id, r.clone());
-                r
+                Ok(r)
             };
             let admission = Admission::build(l, keys, &mut limiter, metrics)
                 .map_err(|e| BuildError::Invalid(format!("listener {}: {e}", l.name)))?;
@@ -391,6 +408,7 @@ impl Snapshot {
             jwks,
             limiters,
             edge,
+            redis,
         })
     }
 

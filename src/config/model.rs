@@ -764,7 +764,7 @@ pub struct RateLimit {
     /// Keys tracked at once; past it, new keys share one bucket. Default 100000.
     #[serde(default = "default_rate_limit_max_keys")]
     pub max_keys: usize,
-    /// One budget per key across replicas, kept in Redis (not supported yet).
+    /// One budget per key across replicas, kept in Redis.
     #[serde(default)]
     pub shared: Option<SharedRateLimit>,
 }
@@ -819,8 +819,11 @@ impl RateLimitKey {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedRateLimit {
-    /// `redis://host:port` (or `rediss://`).
+    /// `redis://[user:password@]host:port[/db]`.
     pub redis: String,
+    /// The longest one check may wait for Redis before the fallback decides. Default 25ms.
+    #[serde(default = "default_shared_timeout")]
+    pub timeout: Dur,
     /// When Redis cannot be reached: `local` (the local bucket), `allow` or `deny`.
     #[serde(default)]
     pub fallback: RateLimitFallback,
@@ -843,6 +846,9 @@ fn one() -> u32 {
 }
 fn default_jwt_leeway() -> Dur {
     Dur::from_secs(30)
+}
+fn default_shared_timeout() -> Dur {
+    Dur::from_millis(25)
 }
 fn default_rate_limit_key() -> String {
     "client_ip".to_string()

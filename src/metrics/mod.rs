@@ -38,6 +38,7 @@ pub struct Metrics {
     overflow: IntCounterVec,
     authn_denied: IntCounterVec,
     ratelimited: IntCounterVec,
+    ratelimit_shared_fallback: IntCounterVec,
     authz_denied: IntCounterVec,
     connections_refused: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -138,6 +139,11 @@ impl Metrics {
             "Requests refused by a rate limit.",
             &["listener"],
         )?;
+        let ratelimit_shared_fallback = counter(
+            "skiff_ratelimit_shared_fallback_total",
+            "Shared (Redis) rate-limit checks decided by the fallback instead, by reason (timeout, error, unreachable).",
+            &["listener", "reason"],
+        )?;
         let authz_denied = counter(
             "skiff_authz_denied_total",
             "Requests denied by the listener's authorization policy (403).",
@@ -188,6 +194,7 @@ impl Metrics {
             overflow,
             authn_denied,
             ratelimited,
+            ratelimit_shared_fallback,
             authz_denied,
             connections_refused,
             tls_handshakes,
@@ -231,6 +238,12 @@ impl Metrics {
     /// `skiff_ratelimited_total{listener}`.
     pub fn ratelimited(&self, listener: &str) -> IntCounter {
         self.ratelimited.with_label_values(&[listener])
+    }
+
+    /// `skiff_ratelimit_shared_fallback_total{listener, reason}`.
+    pub fn ratelimit_shared_fallback(&self, listener: &str, reason: &str) -> IntCounter {
+        self.ratelimit_shared_fallback
+            .with_label_values(&[listener, reason])
     }
 
     /// Handles for one (listener, cluster) pair; `cluster` is empty for requests no route took.

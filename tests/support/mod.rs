@@ -6,7 +6,7 @@
 //! Each suite in `tests/*.rs` includes this with `mod support;` and uses
 //! only part of it, hence the `dead_code` allowance.
 //!
-//! Peers: `scripts/install-test-peers.sh` installs curl, h2load and grpcio.
+//! Peers: `scripts/install-test-peers.sh` installs curl, h2load, grpcio and redis-server.
 //! A test whose peer is missing prints why and passes; with
 //! `SKIFF_REQUIRE_PEERS=1` (set by `.ci/run`) it fails instead.
 //! `tests/harness.rs` checks these pieces without the proxy.
@@ -30,6 +30,7 @@ pub mod peers;
 pub mod process;
 pub mod proxy;
 pub mod raw_h2;
+pub mod redis_server;
 pub mod replica;
 pub mod scratch;
 

@@ -79,3 +79,11 @@ pub fn h2load() -> bool {
         runs("h2load", &["--version"]).map(|_| ())
     })
 }
+
+/// redis-server (the Debian package `redis-server`), for shared rate limits.
+pub fn redis_server() -> bool {
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    available("redis-server", &CHECK, || {
+        runs("redis-server", &["--version"]).map(|_| ())
+    })
+}

@@ -157,7 +157,16 @@ impl SkiffProcess {
     /// Start `skiff run` and wait (bounded) until it has logged the address of
     /// the admin server and of every listener in `listeners`.
     pub fn start(config: &Path, listeners: &[&str]) -> anyhow::Result<SkiffProcess> {
-        let mut cmd = Command::new(SKIFF);
+        SkiffProcess::start_binary(Path::new(SKIFF), config, listeners)
+    }
+
+    /// The same with another build of `skiff` (a release build, for measurements).
+    pub fn start_binary(
+        binary: &Path,
+        config: &Path,
+        listeners: &[&str],
+    ) -> anyhow::Result<SkiffProcess> {
+        let mut cmd = Command::new(binary);
         cmd.args(["run", "--config"])
             .arg(config)
             .env("SKIFF_LOG", "info")

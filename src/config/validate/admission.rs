@@ -16,6 +16,8 @@ const MAX_LEEWAY_SECS: u64 = 300;
 const MAX_RATE: f64 = 1_000_000.0;
 /// Most `X-Forwarded-For` hops that may be trusted.
 const MAX_XFF_HOPS: u32 = 16;
+/// Longest `shared.timeout`: a request waits up to it whenever Redis is slow.
+const MAX_SHARED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Headers a forwarded claim may not be written into: the proxy or HTTP owns them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -235,13 +237,39 @@ impl Rules<'_> {
             }
         }
         if let Some(shared) = &rl.shared {
-            let url = shared.redis.trim();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) || url.len() <= 9 {
-                let message = format!("`{url}` is not a Redis URL; write `redis://host:port`");
+            if let Err(message) = check_redis_url(&shared.redis) {
                 self.value(&format!("{base}.shared.redis"), message);
+            }
+            let path = format!("{base}.shared.timeout");
+            self.positive(&path, shared.timeout, "`timeout`");
+            if shared.timeout.get() > MAX_SHARED_TIMEOUT {
+                let message =
+                    "`timeout` may be at most 1s: a request waits up to it whenever Redis is slow";
+                let message = message.to_string();
+                self.value(&path, message);
             }
         }
     }
+}
+
+/// A Redis URL the client can use: `redis://[user:password@]host[:port][/db]`.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    if url.starts_with("rediss://") {
+        return Err(format!("`{url}` asks for TLS to Redis, which is not built; write `redis://host:port` (a Redis on the pod network, or a TLS tunnel on loopback)"));
+    }
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Err(format!(
+            "`{url}` is not a Redis URL; write `redis://host:port`"
+        ));
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host.is_empty() || host.starts_with(['/', ':']) {
+        return Err(format!("`{url}` names no host; write `redis://host:port`"));
+    }
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| format!("`{url}` is not a Redis URL: {e}"))
 }
 
 /// A JWKS URI: `http://host[:port]/path` or `https://...`; whether it is https.

@@ -44,19 +44,9 @@ struct NotYet<T> {
 
 const NOT_YET_TOP_LEVEL: &[NotYet<Draft>] = &[];
 
-const NOT_YET_LISTENER: &[NotYet<Listener>] = &[NotYet {
-    key: "rate_limit.shared",
-    what: "`rate_limit.shared` (one budget across replicas, in Redis)",
-    used: |l| l.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
-    hint: "remove it; each replica keeps its own buckets",
-}];
+const NOT_YET_LISTENER: &[NotYet<Listener>] = &[];
 
-const NOT_YET_ROUTE: &[NotYet<Route>] = &[NotYet {
-    key: "rate_limit.shared",
-    what: "`rate_limit.shared` (one budget across replicas, in Redis)",
-    used: |r| r.rate_limit.as_ref().is_some_and(|r| r.shared.is_some()),
-    hint: "remove it; each replica keeps its own buckets",
-}];
+const NOT_YET_ROUTE: &[NotYet<Route>] = &[];
 
 const NOT_YET_CLUSTER: &[NotYet<Cluster>] = &[];
 
