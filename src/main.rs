@@ -72,7 +72,11 @@ fn init_logging(cli: &Cli) {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    config::load_file(path).map_err(|errors| {
+    let checked = config::check_file(path);
+    for w in &checked.warnings {
+        tracing::warn!("{w}");
+    }
+    checked.config.map_err(|errors| {
         let n = errors.0.len();
         anyhow::anyhow!(
             "{errors}\n{n} error{} in {}; nothing was started",
@@ -139,7 +143,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
+    let checked = config::check_file(path);
+    for w in &checked.warnings {
+        out!("{w}");
+    }
+    let warned = match checked.warnings.len() {
+        0 => String::new(),
+        1 => "; 1 warning".to_string(),
+        n => format!("; {n} warnings"),
+    };
+    match checked.config {
         Ok(c) => {
             let routes: usize = c
                 .listeners
@@ -151,7 +164,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 format!("{count} {word}{}", if count == 1 { "" } else { "s" })
             };
             out!(
-                "{}: valid ({}, {}, {})",
+                "{}: valid ({}, {}, {}){warned}",
                 path.display(),
                 n(c.listeners.len(), "listener"),
                 n(routes, "route"),
@@ -163,7 +176,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
             out!("{errors}");
             let n = errors.0.len();
             out!(
-                "{n} error{} in {}",
+                "{n} error{} in {}{warned}",
                 if n == 1 { "" } else { "s" },
                 path.display()
             );

@@ -593,3 +593,54 @@ fn a_passthrough_listener_needs_no_virtual_host() {
         .unwrap_or_else(|e| panic!("a passthrough-only listener is valid: {e}"));
     assert!(config.listeners[0].virtual_hosts.is_empty());
 }
+
+#[test]
+fn a_permissive_listener_denying_only_principals_is_valid_with_a_warning() {
+    let name = "warn-permissive-deny-principals.yaml";
+    let checked = config::check_file(&fixture(name));
+    assert!(checked.config.is_ok(), "{:?}", checked.config.err());
+    assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+    let w = &checked.warnings[0].0;
+    assert_eq!((w.line, w.column), (Some(15), Some(23)), "{w}");
+    assert_eq!(w.path, "listeners[0].authorization[0].deny.principals");
+    assert!(
+        w.message.contains("unauthenticated: true") && w.message.contains("strict"),
+        "{w}"
+    );
+
+    // `skiff validate` prints it in the errors' format and exits 0.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["validate", "--config"])
+        .arg(fixture(name))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let line = format!(
+        "{}:15:23: listeners[0].authorization[0].deny.principals: warning: on a `permissive` listener",
+        fixture(name).display()
+    );
+    assert!(stdout.contains(&line), "{stdout}");
+    assert!(
+        stdout.contains("valid (") && stdout.contains("; 1 warning"),
+        "{stdout}"
+    );
+
+    // Denying plaintext peers too, or a strict listener: no warning.
+    let text = std::fs::read_to_string(fixture(name)).unwrap();
+    for fixed in [
+        text.replace(
+            "principals: [\"spiffe://cluster.local/ns/shop/sa/intruder\"]",
+            "principals: [\"spiffe://cluster.local/ns/shop/sa/intruder\"]\n          unauthenticated: true",
+        ),
+        text.replace("mode: permissive", "mode: strict"),
+    ] {
+        let dir = std::env::temp_dir().join(format!("skiff-warn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fixed.yaml");
+        std::fs::write(&path, &fixed).unwrap();
+        let checked = config::check_file(&path);
+        assert!(checked.config.is_ok());
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    }
+}

@@ -719,3 +719,154 @@ fn manifests_match_the_kubernetes_schemas() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The pod's Skiff config: the one in the ConfigMap mounted at `--config`'s directory.
+fn pod_config<'c>(
+    template: &Value,
+    configs: &'c BTreeMap<(String, String), Config>,
+) -> Option<&'c Config> {
+    let pod = &template["spec"];
+    let all = containers(pod);
+    let s = all.get("skiff")?.spec;
+    let args = strings(&s["args"]);
+    let (dir, key) = flag(&args, "--config")?.rsplit_once('/')?;
+    let mount = s["volumeMounts"]
+        .as_sequence()?
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir))?;
+    let cm = pod["volumes"]
+        .as_sequence()?
+        .iter()
+        .find(|v| v["name"] == mount["name"])?["configMap"]["name"]
+        .as_str()?;
+    configs.get(&(cm.to_string(), key.to_string()))
+}
+
+/// The shop in mTLS: every Skiff reads its SVID from a csi-driver-spiffe
+/// volume at the paths of its `tls` (the file names the driver writes),
+/// runs as the ServiceAccount its callers expect, takes only mTLS on its
+/// inbound listener with authorization rules naming shop identities, and
+/// keeps kubelet's plaintext health probe off that listener.
+#[test]
+fn every_shop_pod_proves_its_identity_and_takes_only_mtls() -> anyhow::Result<()> {
+    let all = resources();
+    let configs = skiff_configs(&all)?;
+    let accounts: BTreeSet<&str> = all
+        .iter()
+        .filter(|r| r.kind() == "ServiceAccount")
+        .map(Resource::name)
+        .collect();
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    let mut proven: BTreeSet<String> = BTreeSet::new();
+    let mut problems = Vec::new();
+    for d in all.iter().filter(|r| r.kind() == "Deployment") {
+        let what = d.what();
+        let mut fail = |m: String| problems.push(format!("{what}: {m}"));
+        let template = &d.doc["spec"]["template"];
+        let pod = &template["spec"];
+        let Some(config) = pod_config(template, &configs) else {
+            fail("no Skiff config found".into());
+            continue;
+        };
+        let Some(tls) = &config.tls else {
+            fail("its Skiff has no top-level tls".into());
+            continue;
+        };
+        let dir = tls.cert.rsplit_once('/').map_or("", |(d, _)| d);
+        for (file, want) in [
+            (&tls.cert, "tls.crt"),
+            (&tls.key, "tls.key"),
+            (&tls.ca, "ca.crt"),
+        ] {
+            if *file != format!("{dir}/{want}") {
+                fail(format!(
+                    "tls file {file} is not {dir}/{want}, as csi-driver-spiffe writes it"
+                ));
+            }
+        }
+        let skiff = containers(pod).get("skiff").map(|c| c.spec);
+        let mount = skiff.and_then(|s| {
+            s["volumeMounts"]
+                .as_sequence()?
+                .iter()
+                .find(|m| m["mountPath"].as_str() == Some(dir))
+        });
+        let volume = mount.and_then(|m| {
+            pod["volumes"]
+                .as_sequence()?
+                .iter()
+                .find(|v| v["name"] == m["name"])
+        });
+        match volume {
+            Some(v) if v["csi"]["driver"].as_str() == Some("spiffe.csi.cert-manager.io") => {}
+            _ => fail(format!("no csi-driver-spiffe volume is mounted at {dir}")),
+        }
+        if pod["securityContext"]["fsGroup"].as_u64() != Some(1337) {
+            fail("fsGroup must be 1337, the proxy's group, to read the key".into());
+        }
+        let account = pod["serviceAccountName"].as_str().unwrap_or_default();
+        if !accounts.contains(account) {
+            fail(format!("ServiceAccount {account:?} is not in deploy/"));
+        }
+        proven.insert(format!("spiffe://cluster.local/ns/shop/sa/{account}"));
+        for c in &config.clusters {
+            if let Some(t) = &c.tls {
+                expected.extend(t.identities.iter().cloned());
+            }
+        }
+        let inbound = config
+            .listeners
+            .iter()
+            .find(|l| l.transparent && l.direction == Direction::Inbound);
+        if let Some(l) = inbound {
+            if l.tls.as_ref().map(|t| t.mode) != Some(config::ListenerTlsMode::Strict) {
+                fail(format!("listener {} is not tls.mode: strict", l.name));
+            }
+            let rules = l.authorization.as_deref().unwrap_or_default();
+            let named: Vec<&String> = rules
+                .iter()
+                .filter_map(|r| r.allow.as_ref())
+                .flat_map(|m| &m.principals)
+                .collect();
+            if named.is_empty() {
+                fail(format!("listener {} allows no shop identity", l.name));
+            }
+            expected.extend(named.into_iter().cloned());
+            // kubelet's gRPC probe needs a plaintext port that is not redirected.
+            let init = containers(pod)
+                .get("skiff-init")
+                .map(|c| strings(&c.spec["args"]));
+            let excluded = init
+                .as_deref()
+                .and_then(|a| flag(a, "--exclude-inbound-ports"))
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            for c in pod["containers"].as_sequence().into_iter().flatten() {
+                if let Some(port) = c["readinessProbe"]["grpc"]["port"].as_u64() {
+                    let plain = config.listeners.iter().any(|l| {
+                        u64::from(port_of(&l.address)) == port
+                            && l.tls
+                                .as_ref()
+                                .is_none_or(|t| t.mode == config::ListenerTlsMode::Disabled)
+                    });
+                    if !plain || !excluded.contains(&port.to_string()) {
+                        fail(format!(
+                            "the gRPC probe's port {port} must be a plaintext Skiff listener excluded from redirection"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let unproven: Vec<&String> = expected.difference(&proven).collect();
+    if !unproven.is_empty() {
+        problems.push(format!(
+            "identities expected but no pod runs as them: {unproven:?}"
+        ));
+    }
+    assert!(proven.len() >= 5, "{proven:?}");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}

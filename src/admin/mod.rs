@@ -41,6 +41,9 @@ pub struct AdminState {
     pub drain: Notify,
     /// This workload's mesh credentials, when the config has `tls` (swapped on reload).
     pub certs: ArcSwapOption<CredentialStore>,
+    /// Whether a listener or cluster needs them: then not ready while they
+    /// are unusable (none loaded, or lapsed).
+    pub needs_identity: AtomicBool,
 }
 
 /// Serve admin requests until `stop` turns true.
@@ -86,6 +89,9 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             let no_keys = state.jwks.load().iter().find(|j| !j.is_loaded()).cloned();
             if state.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(why) = identity_problem(state) {
+                let why = format!("no usable mesh identity: {why}\n");
+                text(StatusCode::SERVICE_UNAVAILABLE, why)
             } else if let Some(j) = no_keys {
                 let why = format!("starting: waiting for the JWK Set of {}\n", j.description);
                 text(StatusCode::SERVICE_UNAVAILABLE, why)
@@ -107,7 +113,16 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         (&Method::GET, "/certs") => match &*state.certs.load() {
-            Some(store) => json(store.current().view()),
+            Some(store) => match store.current() {
+                Some(c) => json(c.view()),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "no identity loaded: {}\n",
+                        store.problem(std::time::SystemTime::now()).unwrap_or_default()
+                    ),
+                ),
+            },
             None => text(
                 StatusCode::NOT_FOUND,
                 "no mesh identity: the config has no top-level `tls`\n",
@@ -139,6 +154,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
             "not found; try /metrics /ready /live /config_dump /clusters /certs, POST /drain /shutdown\n",
         ),
     }
+}
+
+/// Why the mesh identity that a listener or cluster needs is unusable now.
+fn identity_problem(state: &AdminState) -> Option<String> {
+    if !state.needs_identity.load(Ordering::Acquire) {
+        return None;
+    }
+    let store = state.certs.load_full()?;
+    store.problem(std::time::SystemTime::now())
 }
 
 /// What `/config_dump` shows in place of key material.

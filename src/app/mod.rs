@@ -315,6 +315,7 @@ pub async fn build(config: Config) -> Result<Bound, BuildError> {
         shutdown: Notify::new(),
         drain: Notify::new(),
         certs: arc_swap::ArcSwapOption::new(snapshot.credentials()),
+        needs_identity: snapshot.needs_identity().into(),
     });
     Ok(Bound {
         admin_addr,

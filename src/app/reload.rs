@@ -166,6 +166,9 @@ pub async fn apply(
     admin.clusters.store(Arc::new(next.cluster_list()));
     admin.jwks.store(Arc::new(next.jwks_list()));
     admin.certs.store(next.credentials());
+    admin
+        .needs_identity
+        .store(next.needs_identity(), std::sync::atomic::Ordering::Release);
     // Dropping the old snapshot stops the tasks of clusters not carried over.
     *snapshot = next;
     metrics.reloads_success.inc();

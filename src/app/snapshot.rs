@@ -127,31 +127,63 @@ pub struct MeshIdentity {
 }
 
 impl MeshIdentity {
-    /// Load the files (an error names the file and what is wrong) and watch them.
-    fn start(cfg: &config::MeshTls, metrics: &Metrics) -> Result<MeshIdentity, BuildError> {
+    /// Load the files and watch them. At startup (`first`), files that do
+    /// not hold a usable identity yet are logged and waited for (`/ready`
+    /// fails meanwhile); on a reload that changes `tls:`, they refuse the
+    /// reload, so a working identity is never replaced by a broken one.
+    fn start(
+        cfg: &config::MeshTls,
+        metrics: &Metrics,
+        first: bool,
+    ) -> Result<MeshIdentity, BuildError> {
         let paths = CredentialPaths {
             cert: cfg.cert.clone().into(),
             key: cfg.key.clone().into(),
             ca: cfg.ca.clone().into(),
         };
-        let store = Arc::new(
-            CredentialStore::load(paths).map_err(|e| BuildError::Invalid(format!("tls: {e}")))?,
-        );
-        let loaded = store.current();
-        tracing::info!(
-            identity = %loaded.identity(),
-            expiry = %humantime::format_rfc3339_seconds(loaded.expiry()),
-            "TLS credentials loaded"
-        );
+        let store = match first {
+            true => {
+                let (store, error) = CredentialStore::start(paths);
+                if let Some(e) = error {
+                    tracing::warn!(
+                        error = %e,
+                        "no usable TLS credentials yet; not ready until the files hold a valid SVID"
+                    );
+                }
+                Arc::new(store)
+            }
+            false => Arc::new(
+                CredentialStore::load(paths)
+                    .map_err(|e| BuildError::Invalid(format!("tls: {e}")))?,
+            ),
+        };
         let expiry = metrics.tls_cert_expiry.clone();
-        expiry.set(gauge_value(loaded.expiry_unix_seconds()));
+        match store.current() {
+            Some(loaded) => {
+                tracing::info!(
+                    identity = %loaded.identity(),
+                    expiry = %humantime::format_rfc3339_seconds(loaded.expiry()),
+                    "TLS credentials loaded"
+                );
+                expiry.set(gauge_value(loaded.expiry_unix_seconds()));
+            }
+            None => expiry.set(0),
+        }
+        let (ok, failed) = (
+            metrics.tls_credential_reloads_success.clone(),
+            metrics.tls_credential_reloads_failure.clone(),
+        );
         let watched = store.clone();
         let watch = tokio::spawn(async move {
             watched
                 .watch(CREDENTIALS_POLL, |result| {
                     log_reload(result);
-                    if let Ok(c) = result {
-                        expiry.set(gauge_value(c.expiry_unix_seconds()));
+                    match result {
+                        Ok(c) => {
+                            ok.inc();
+                            expiry.set(gauge_value(c.expiry_unix_seconds()));
+                        }
+                        Err(_) => failed.inc(),
                     }
                 })
                 .await;
@@ -292,7 +324,7 @@ impl Snapshot {
             None => None,
             Some(cfg) => match old.and_then(|o| o.mesh.clone()) {
                 Some(kept) if kept.config == *cfg => Some(kept),
-                _ => Some(Arc::new(MeshIdentity::start(cfg, metrics)?)),
+                _ => Some(Arc::new(MeshIdentity::start(cfg, metrics, old.is_none())?)),
             },
         };
         if mesh.is_none() {
@@ -420,6 +452,23 @@ impl Snapshot {
     /// The credential store, for `/certs`.
     pub fn credentials(&self) -> Option<Arc<CredentialStore>> {
         self.mesh.as_ref().map(|m| m.store.clone())
+    }
+
+    /// Whether a listener (`tls.mode` strict or permissive) or a cluster
+    /// (`tls.mode: mesh`) needs the mesh identity: then `/ready` fails
+    /// while it is not usable.
+    pub fn needs_identity(&self) -> bool {
+        let listener = self
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.mode.needs_mesh_identity()));
+        let cluster = self.config.clusters.iter().any(|c| {
+            c.tls
+                .as_ref()
+                .is_some_and(|t| t.mode == config::ClusterTlsMode::Mesh)
+        });
+        listener || cluster
     }
 
     /// The clusters, sorted by name, for the admin endpoints.

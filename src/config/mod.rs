@@ -95,6 +95,57 @@ impl ConfigErrors {
     }
 }
 
+/// Something valid in a config that is probably not what was meant: the
+/// same place and path as an error, printed with `warning:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = &self.0;
+        write!(f, "{}", w.file)?;
+        if let Some(line) = w.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = w.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if !w.path.is_empty() {
+            write!(f, ": {}", w.path)?;
+        }
+        write!(f, ": warning: {}", w.message)
+    }
+}
+
+/// A config checked: the config or its errors, and the warnings either
+/// way (in file order).
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Result<Config, ConfigErrors>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// As [`load_file`], with the warnings (`skiff validate`, `skiff run`).
+pub fn check_file(path: &Path) -> Checked {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut warnings = Vec::new();
+            let config = load_checked(
+                &text,
+                &origin,
+                &|name| std::env::var(name).ok(),
+                &mut warnings,
+            );
+            Checked { config, warnings }
+        }
+        Err(_) => Checked {
+            config: load_file(path),
+            warnings: Vec::new(),
+        },
+    }
+}
+
 /// Read, expand, parse and validate the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
@@ -121,6 +172,16 @@ pub fn load_str_with_env(
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    load_checked(text, origin, env, &mut Vec::new())
+}
+
+/// The loading itself; the warnings about what parsed go to `warnings`.
+fn load_checked(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Config, ConfigErrors> {
     let expanded = env::expand(text, env).map_err(|errors| {
         ConfigErrors::sorted(
@@ -177,6 +238,9 @@ pub fn load_str_with_env(
     let Parse {
         mut errors, failed, ..
     } = parse;
+    let mut found = validate::warnings(&draft, &at);
+    found.sort_by_key(|w| (w.line.unwrap_or(0), w.column.unwrap_or(0)));
+    warnings.extend(found.into_iter().map(ConfigWarning));
     errors.extend(
         validate::validate(&draft, &at)
             .into_iter()

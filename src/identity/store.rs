@@ -9,12 +9,18 @@
 //! key written before its certificate changes nothing. Handshakes read the
 //! current set each time ([`CredentialStore::current`]); connections
 //! already up keep the certificate they were made with.
+//!
+//! A proxy may start before its SVID is there (spiffe-helper writes it
+//! once the SPIRE agent answers): the store then holds no set, handshakes
+//! that need one fail, and [`CredentialStore::problem`] says why until the
+//! watch loads one. `/ready` reads that, and also fails once the loaded
+//! certificate has lapsed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -44,8 +50,6 @@ pub struct Credentials {
     client_chain: Arc<dyn ClientCertVerifier>,
     view: CertsView,
     expiry: SystemTime,
-    /// The files' contents this set was made from (cert, key, ca).
-    sources: [Vec<u8>; 3],
 }
 
 /// What `GET /certs` shows of the loaded credentials.
@@ -107,7 +111,6 @@ impl Credentials {
             client_chain,
             view,
             expiry,
-            sources: [cert.to_vec(), key.to_vec(), ca.to_vec()],
         })
     }
 
@@ -189,26 +192,66 @@ fn bundle(pem: &[u8], file: &Path) -> Result<(RootCertStore, Vec<CertFacts>), Ce
     Ok((roots, facts))
 }
 
-/// The current credentials, swapped whole on reload.
+/// The current credentials, swapped whole on reload; none while no usable
+/// set has been read yet.
 pub struct CredentialStore {
     paths: CredentialPaths,
-    current: ArcSwap<Credentials>,
+    current: ArcSwapOption<Credentials>,
+    /// What the files held at the last attempt to load them (`None`: not
+    /// readable), so the watch knows what it has already tried.
+    tried: Mutex<[Option<Vec<u8>>; 3]>,
+    /// Why the last attempt failed, while no set is loaded.
+    failure: Mutex<Option<String>>,
 }
 
 impl CredentialStore {
     /// Load the files; an error here is a configuration that cannot start.
     pub fn load(paths: CredentialPaths) -> Result<CredentialStore, CertError> {
-        let first = Credentials::load(&paths)?;
-        Ok(CredentialStore {
-            paths,
-            current: ArcSwap::from_pointee(first),
-        })
+        let store = CredentialStore::empty(paths);
+        store.reload()?;
+        Ok(store)
     }
 
-    /// The set in use now; what a handshake starting now presents and
-    /// verifies against.
-    pub fn current(&self) -> Arc<Credentials> {
+    /// Load the files if they hold a usable set, else start without one
+    /// (the error says why) and let [`watch`](Self::watch) load it later.
+    pub fn start(paths: CredentialPaths) -> (CredentialStore, Option<CertError>) {
+        let store = CredentialStore::empty(paths);
+        let error = store.reload().err();
+        (store, error)
+    }
+
+    fn empty(paths: CredentialPaths) -> CredentialStore {
+        CredentialStore {
+            paths,
+            current: ArcSwapOption::empty(),
+            tried: Mutex::new([None, None, None]),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The set in use now, what a handshake starting now presents and
+    /// verifies against; `None` while no usable set has been read.
+    pub fn current(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
+    }
+
+    /// Why this workload has no usable identity at `now`, or `None` when it
+    /// has one: no set loaded yet (and what was wrong with the files), or
+    /// the loaded certificate has lapsed.
+    pub fn problem(&self, now: SystemTime) -> Option<String> {
+        match self.current() {
+            Some(c) if c.expiry() <= now => Some(format!(
+                "the certificate in {} expired at {}; waiting for a new one",
+                self.paths.cert.display(),
+                humantime::format_rfc3339_seconds(c.expiry())
+            )),
+            Some(_) => None,
+            None => Some(
+                lock(&self.failure)
+                    .clone()
+                    .unwrap_or_else(|| "no SVID loaded yet".to_string()),
+            ),
+        }
     }
 
     /// The files read.
@@ -219,9 +262,31 @@ impl CredentialStore {
     /// Re-read the files and swap the new set in; on any error the set in
     /// use stays and the error names the file and what is wrong.
     pub fn reload(&self) -> Result<Arc<Credentials>, CertError> {
-        let next = Arc::new(Credentials::load(&self.paths)?);
-        self.current.store(next.clone());
-        Ok(next)
+        let files = [&self.paths.cert, &self.paths.key, &self.paths.ca];
+        let read = files.map(std::fs::read);
+        *lock(&self.tried) = read.each_ref().map(|r| r.as_ref().ok().cloned());
+        let loaded = match read {
+            [Ok(cert), Ok(key), Ok(ca)] => {
+                Credentials::from_pem(&self.paths, &cert, &key, &ca, SystemTime::now())
+            }
+            [cert, key, ca] => Err([cert, key, ca]
+                .into_iter()
+                .zip(files)
+                .find_map(|(r, p)| r.err().map(|e| CertError::new(p, Problem::Read(e))))
+                .unwrap_or_else(|| CertError::new(&self.paths.cert, Problem::NoCertificate))),
+        };
+        match loaded {
+            Ok(next) => {
+                let next = Arc::new(next);
+                self.current.store(Some(next.clone()));
+                *lock(&self.failure) = None;
+                Ok(next)
+            }
+            Err(e) => {
+                *lock(&self.failure) = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 
     /// Re-read the files whenever one changes (polled as the config file is,
@@ -234,15 +299,11 @@ impl CredentialStore {
     ) {
         let paths = [&self.paths.cert, &self.paths.key, &self.paths.ca];
         let mut files = FileWatch::new(paths.map(|p| p.to_path_buf())).every(every);
-        // Files replaced between the load and the watch's first read (a
-        // file missing for a moment is no change, as for the watch).
+        // Files replaced between the last load and the watch's first read
+        // (a file missing for a moment is no change, as for the watch).
         let now = paths.map(|p| std::fs::read(p).ok());
-        let current = self.current();
-        if now
-            .iter()
-            .zip(&current.sources)
-            .any(|(n, s)| n.as_ref().is_some_and(|n| n != s))
-        {
+        let tried = lock(&self.tried).clone();
+        if now.iter().zip(&tried).any(|(n, t)| n.is_some() && n != t) {
             report(&self.reload());
         }
         loop {
@@ -250,6 +311,12 @@ impl CredentialStore {
             report(&self.reload());
         }
     }
+}
+
+/// The guarded value, also after a panic elsewhere poisoned the lock (the
+/// values here are replaced whole, never left half-written).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for CredentialStore {

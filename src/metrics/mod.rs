@@ -45,6 +45,12 @@ pub struct Metrics {
     /// `skiff_tls_cert_expiry_timestamp_seconds`: when this workload's
     /// certificate lapses (Unix seconds); 0 without a mesh identity.
     pub tls_cert_expiry: IntGauge,
+    /// `skiff_tls_credential_reloads_total{result="success"}`: the files
+    /// changed and the new set was taken.
+    pub tls_credential_reloads_success: IntCounter,
+    /// `skiff_tls_credential_reloads_total{result="failure"}`: the files
+    /// changed and the new set was refused (the one in use stays).
+    pub tls_credential_reloads_failure: IntCounter,
     /// `skiff_config_reloads_total{result="success"}`.
     pub reloads_success: IntCounter,
     /// `skiff_config_reloads_total{result="failure"}`.
@@ -164,6 +170,13 @@ impl Metrics {
             "When this workload's certificate lapses, in Unix seconds.",
         )?;
         registry.register(Box::new(tls_cert_expiry.clone()))?;
+        let credential_reloads = counter(
+            "skiff_tls_credential_reloads_total",
+            "Reloads of this workload's TLS credential files after a change, by result.",
+            &["result"],
+        )?;
+        let tls_credential_reloads_success = credential_reloads.with_label_values(&["success"]);
+        let tls_credential_reloads_failure = credential_reloads.with_label_values(&["failure"]);
         let reloads = counter(
             "skiff_config_reloads_total",
             "Config reloads, by result.",
@@ -199,6 +212,8 @@ impl Metrics {
             connections_refused,
             tls_handshakes,
             tls_cert_expiry,
+            tls_credential_reloads_success,
+            tls_credential_reloads_failure,
             reloads_success,
             reloads_failure,
         })

@@ -35,7 +35,8 @@ use crate::identity::{CredentialStore, Identity};
 #[derive(Clone, Debug)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
-    mesh: bool,
+    /// The mesh identity, for a `mesh` cluster (`None` for `simple`).
+    mesh: Option<Arc<CredentialStore>>,
 }
 
 impl ClientTls {
@@ -45,8 +46,8 @@ impl ClientTls {
         expected: Vec<Identity>,
     ) -> Result<ClientTls, TlsConfigError> {
         Ok(ClientTls {
-            config: mesh_client_config(store, expected)?,
-            mesh: true,
+            config: mesh_client_config(store.clone(), expected)?,
+            mesh: Some(store),
         })
     }
 
@@ -55,7 +56,7 @@ impl ClientTls {
     pub fn simple(ca: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientTls, TlsConfigError> {
         Ok(ClientTls {
             config: simple_client_config(ca, alpn)?,
-            mesh: false,
+            mesh: None,
         })
     }
 
@@ -66,7 +67,7 @@ impl ClientTls {
 
     /// Whether this is mesh mTLS.
     pub fn is_mesh(&self) -> bool {
-        self.mesh
+        self.mesh.is_some()
     }
 }
 
@@ -97,11 +98,11 @@ impl ResolvesClientCert for CurrentClientCert {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current().certified_key().clone())
+        self.0.current().map(|c| c.certified_key().clone())
     }
 
     fn has_certs(&self) -> bool {
-        true
+        self.0.current().is_some()
     }
 }
 
@@ -170,12 +171,15 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    if tls.mesh.as_ref().is_some_and(|s| s.current().is_none()) {
+        return Err(HandshakeError::no_identity());
+    }
     let stream = TlsConnector::from(tls.config.clone())
         .connect(server_name, io)
         .await?;
     let peer = match tls.mesh {
-        true => Some(verified_identity(stream.get_ref().1)?),
-        false => None,
+        Some(_) => Some(verified_identity(stream.get_ref().1)?),
+        None => None,
     };
     Ok((stream, peer))
 }

@@ -42,11 +42,14 @@ pub enum HandshakeFailure {
     Io,
     /// The handshake took too long (set by the caller's timeout).
     Timeout,
+    /// This side has no usable identity of its own to present (its SVID is
+    /// missing or was never valid): refused before any handshake.
+    NoIdentity,
 }
 
 impl HandshakeFailure {
     /// Every kind, for registering the metric's label values up front.
-    pub const ALL: [HandshakeFailure; 11] = [
+    pub const ALL: [HandshakeFailure; 12] = [
         HandshakeFailure::UnknownCa,
         HandshakeFailure::Expired,
         HandshakeFailure::NotYetValid,
@@ -58,6 +61,7 @@ impl HandshakeFailure {
         HandshakeFailure::Protocol,
         HandshakeFailure::Io,
         HandshakeFailure::Timeout,
+        HandshakeFailure::NoIdentity,
     ];
 
     /// The metric label; stable.
@@ -74,6 +78,7 @@ impl HandshakeFailure {
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Io => "io",
             HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NoIdentity => "no_identity",
         }
     }
 
@@ -140,6 +145,19 @@ pub struct HandshakeError {
     pub kind: HandshakeFailure,
     #[source]
     pub source: std::io::Error,
+}
+
+impl HandshakeError {
+    /// The refusal of a handshake this side cannot make: no identity of
+    /// its own is loaded.
+    pub fn no_identity() -> HandshakeError {
+        HandshakeError {
+            kind: HandshakeFailure::NoIdentity,
+            source: std::io::Error::other(
+                "no usable identity of this workload is loaded (see /ready)",
+            ),
+        }
+    }
 }
 
 impl From<std::io::Error> for HandshakeError {

@@ -44,7 +44,7 @@ pub struct CurrentCert(pub Arc<CredentialStore>);
 
 impl ResolvesServerCert for CurrentCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current().certified_key().clone())
+        self.0.current().map(|c| c.certified_key().clone())
     }
 }
 
@@ -54,15 +54,16 @@ impl ResolvesServerCert for CurrentCert {
 #[derive(Clone, Debug)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
-    mesh: bool,
+    /// The mesh identity, for a mesh listener (`None` at the edge).
+    mesh: Option<Arc<CredentialStore>>,
 }
 
 impl ServerTls {
     /// A `strict` or `permissive` mesh listener.
     pub fn mesh(store: Arc<CredentialStore>) -> Result<ServerTls, TlsConfigError> {
         Ok(ServerTls {
-            config: mesh_server_config(store)?,
-            mesh: true,
+            config: mesh_server_config(store.clone())?,
+            mesh: Some(store),
         })
     }
 
@@ -70,7 +71,7 @@ impl ServerTls {
     pub fn terminate(certs: Arc<EdgeCerts>) -> Result<ServerTls, TlsConfigError> {
         Ok(ServerTls {
             config: terminate_server_config(certs)?,
-            mesh: false,
+            mesh: None,
         })
     }
 
@@ -81,7 +82,7 @@ impl ServerTls {
 
     /// Whether this is mesh mTLS.
     pub fn is_mesh(&self) -> bool {
-        self.mesh
+        self.mesh.is_some()
     }
 }
 
@@ -96,10 +97,13 @@ pub async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    if tls.mesh.as_ref().is_some_and(|s| s.current().is_none()) {
+        return Err(HandshakeError::no_identity());
+    }
     let stream = TlsAcceptor::from(tls.config.clone()).accept(io).await?;
     let peer = match tls.mesh {
-        true => Some(verified_identity(stream.get_ref().1)?),
-        false => None,
+        Some(_) => Some(verified_identity(stream.get_ref().1)?),
+        None => None,
     };
     Ok((stream, peer))
 }

@@ -31,6 +31,14 @@ use super::failure::{HandshakeError, HandshakeFailure, Rejected};
 use super::provider;
 use crate::identity::{CredentialStore, Identity};
 
+/// Refused for want of this workload's own credentials (none loaded yet).
+fn no_identity() -> Error {
+    reject(
+        HandshakeFailure::NoIdentity,
+        "no usable identity of this workload is loaded".to_string(),
+    )
+}
+
 fn reject(kind: HandshakeFailure, detail: String) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejected {
         kind,
@@ -133,7 +141,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let creds = self.store.current();
+        let creds = self.store.current().ok_or_else(no_identity)?;
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -230,7 +238,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let creds = self.store.current();
+        let creds = self.store.current().ok_or_else(no_identity)?;
         let domain = creds.identity().trust_domain();
         creds
             .client_chain_verifier()

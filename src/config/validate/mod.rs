@@ -22,6 +22,9 @@ mod listeners;
 mod resilience;
 mod routes;
 mod tls;
+mod warnings;
+
+pub(crate) use warnings::warnings;
 
 use std::collections::HashMap;
 

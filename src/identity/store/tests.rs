@@ -130,3 +130,33 @@ fn what_makes_a_set_unusable_is_named() {
         "{missing}"
     );
 }
+
+#[test]
+fn a_store_started_before_its_files_says_why_until_they_come() {
+    let dir = Scratch::new("store-start");
+    let p = CredentialPaths {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        ca: dir.path().join("ca.pem"),
+    };
+    let (store, error) = CredentialStore::start(p.clone());
+    assert!(error.is_some());
+    assert!(store.current().is_none());
+    let why = store.problem(SystemTime::now()).unwrap();
+    assert!(
+        why.contains("cert.pem") && why.contains("cannot read"),
+        "{why}"
+    );
+
+    let ca = TestCa::root("cluster.local").unwrap();
+    let svid = ca.svid("/ns/shop/sa/order").unwrap();
+    std::fs::write(&p.cert, &svid.chain_pem).unwrap();
+    std::fs::write(&p.key, &svid.key_pem).unwrap();
+    std::fs::write(&p.ca, &ca.root_pem).unwrap();
+    store.reload().unwrap();
+    assert_eq!(store.problem(SystemTime::now()), None);
+    // Past the leaf's expiry the same set is no usable identity.
+    let later = SystemTime::now() + 48 * HOUR;
+    let why = store.problem(later).unwrap();
+    assert!(why.contains("expired at"), "{why}");
+}

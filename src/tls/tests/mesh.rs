@@ -22,7 +22,7 @@ async fn chains_through_an_intermediate() {
         &issuing.svid("/ns/shop/sa/inventory").unwrap(),
         &[&m.ca.root_pem],
     );
-    assert_eq!(inventory.current().view().cert_chain.len(), 2);
+    assert_eq!(inventory.current().unwrap().view().cert_chain.len(), 2);
     let server = ServerTls::mesh(inventory).unwrap();
     let client = m.client(&["spiffe://cluster.local/ns/shop/sa/inventory"]);
     let out = handshake(Server::Skiff(&server), Client::Skiff(&client, "127.0.0.1")).await;

@@ -7,7 +7,7 @@ async fn a_rotated_certificate_is_presented_from_the_next_handshake() {
     let m = mesh("rotate");
     let server = m.server();
     let client = m.client(&[PAYMENT]);
-    let before = m.payment.current().certified_key().cert[0].clone();
+    let before = m.payment.current().unwrap().certified_key().cert[0].clone();
     let out = handshake(Server::Skiff(&server), Client::Skiff(&client, "127.0.0.1")).await;
     assert_eq!(out.client.unwrap().1, before);
 
@@ -16,7 +16,7 @@ async fn a_rotated_certificate_is_presented_from_the_next_handshake() {
         .write(m.payment.paths().cert.parent().unwrap(), &[&m.ca.root_pem])
         .unwrap();
     m.payment.reload().unwrap();
-    let after = m.payment.current().certified_key().cert[0].clone();
+    let after = m.payment.current().unwrap().certified_key().cert[0].clone();
     assert_ne!(before, after);
     let out = handshake(Server::Skiff(&server), Client::Skiff(&client, "127.0.0.1")).await;
     assert_eq!(out.client.unwrap().1, after);
@@ -45,7 +45,7 @@ async fn a_root_added_then_the_old_one_removed_keeps_handshakes_working() {
     ] {
         m.ca.svid(path).unwrap().write(dir, &[old, new]).unwrap();
         s.reload().unwrap();
-        assert_eq!(s.current().view().trust_bundle.len(), 2);
+        assert_eq!(s.current().unwrap().view().trust_bundle.len(), 2);
         ok().await;
     }
     // 2. Certificates from the new root, one side after the other.
@@ -87,7 +87,7 @@ async fn a_bad_reload_keeps_the_credentials_in_use() {
     let client = m.client(&[PAYMENT]);
     let p = m.payment.paths().clone();
     let good = std::fs::read_to_string(&p.cert).unwrap();
-    let in_use = m.payment.current().certified_key().cert[0].clone();
+    let in_use = m.payment.current().unwrap().certified_key().cert[0].clone();
     let other_key = m.ca.svid("/ns/shop/sa/payment").unwrap().key_pem;
     let cut = &good[..good.len() / 2];
     let cases: [(&Path, &str, &str); 4] = [
@@ -103,7 +103,7 @@ async fn a_bad_reload_keeps_the_credentials_in_use() {
         let msg = err.to_string();
         assert!(msg.contains(says), "{msg}");
         assert!(msg.contains(&file.display().to_string()), "{msg}");
-        assert_eq!(m.payment.current().certified_key().cert[0], in_use);
+        assert_eq!(m.payment.current().unwrap().certified_key().cert[0], in_use);
         let out = handshake(Server::Skiff(&server), Client::Skiff(&client, "127.0.0.1")).await;
         assert_eq!(out.client.unwrap().1, in_use);
         std::fs::write(file, before).unwrap();
@@ -125,13 +125,13 @@ async fn the_store_follows_its_files() {
                 .await
         })
     };
-    let before = m.payment.current().certified_key().cert[0].clone();
+    let before = m.payment.current().unwrap().certified_key().cert[0].clone();
     m.ca.svid("/ns/shop/sa/payment")
         .unwrap()
         .write(m.payment.paths().cert.parent().unwrap(), &[&m.ca.root_pem])
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while m.payment.current().certified_key().cert[0] == before {
+    while m.payment.current().unwrap().certified_key().cert[0] == before {
         assert!(tokio::time::Instant::now() < deadline, "not reloaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
