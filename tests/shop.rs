@@ -1,6 +1,9 @@
 //! The demo shop's configs (examples/shop/config/) are real Skiff configs:
 //! `skiff validate` accepts each, as it is (the `${VAR:-default}`
-//! addresses of the fixed layout) and with the variables the launcher sets.
+//! addresses of the fixed layout, and a default `TLS_DIR`) and with the
+//! variables the launcher sets. They are the shop with mTLS on every hop,
+//! `authorization:` on every inbound listener, and a gateway with `jwt`
+//! and a rate limit; none of it commented out.
 //! The shop itself runs end to end in examples/shop/tests/shop.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -50,6 +53,26 @@ fn every_shop_config_is_one_skiff_validate_accepts() {
     for f in &files {
         validate(f, &[]);
     }
+    // The security is on, not left in comments: every sidecar is strict
+    // mTLS with authorization, the gateway checks tokens and rates.
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let live: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_once('#').map_or(l, |(code, _)| code).trim_end())
+            .collect();
+        let has = |key: &str| live.iter().any(|l| l.trim_start().starts_with(key));
+        assert!(has("tls:"), "{}: no tls", f.display());
+        if f.file_stem().unwrap() == "gateway" {
+            for key in ["jwt:", "rate_limit:", "forward_claims: { sub: x-user-id }"] {
+                assert!(has(key), "{}: no {key}", f.display());
+            }
+        } else {
+            for key in ["tls: { mode: strict }", "authorization:"] {
+                assert!(has(key), "{}: no {key}", f.display());
+            }
+        }
+    }
 }
 
 #[test]
@@ -70,6 +93,7 @@ fn the_shop_configs_take_the_launchers_addresses() {
         ("INVENTORY_2", "127.0.0.1:41032"),
         ("PAYMENT_1", "127.0.0.1:41041"),
         ("PAYMENT_2", "127.0.0.1:41042"),
+        ("TLS_DIR", "/tmp/skiff-shop-1234-0abc/tls"),
     ];
     for f in &configs() {
         validate(f, &env);

@@ -49,6 +49,8 @@ pub struct Stats {
     pub got: AtomicU64,
     pub got_wrong: Mutex<Vec<String>>,
     pub started: OnceLock<Instant>,
+    /// The first order paid (the flooding client of --chaos asks for it).
+    pub first_paid: OnceLock<String>,
     /// When the last order ended (a watch may go on after it).
     pub elapsed: Mutex<Option<Duration>>,
 }
@@ -87,23 +89,44 @@ impl Stats {
     }
 }
 
-/// Who a shopper is, on each call.
-///
-/// Today the shopper names itself in `x-user-id`. With the gateway's JWT
-/// check (src/admission/), it sends `authorization: Bearer <token>`
-/// instead, a token the launcher signs for `sub` = this name (see
-/// launcher::mint), and the gateway forwards `sub` as `x-user-id`.
+/// Who a shopper is, on each call: `authorization: Bearer <token>`, a
+/// token the launcher signed for `sub` = the shopper's name
+/// (launcher::mint). The gateway verifies it and forwards `sub` to the
+/// order service as `x-user-id`, removing any `x-user-id` a client sent.
 #[derive(Clone)]
-struct Shopper {
-    name: String,
+pub struct Shopper {
+    /// The signed token; `None`: a client that sends none.
+    pub token: Option<Arc<str>>,
 }
 
 impl Shopper {
-    fn on<T>(&self, mut req: Request<T>) -> Request<T> {
-        if let Ok(v) = self.name.parse() {
-            req.metadata_mut().insert("x-user-id", v);
+    pub fn on<T>(&self, mut req: Request<T>) -> Request<T> {
+        if let Some(token) = &self.token {
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                req.metadata_mut().insert("authorization", v);
+            }
         }
         req
+    }
+}
+
+/// Where the shoppers reach the shop: the gateway's listener.
+#[derive(Clone)]
+pub struct Edge {
+    pub addr: SocketAddr,
+    /// The CA (PEM) that signed the gateway's edge certificate, when the
+    /// edge speaks TLS; `None`: h2c.
+    pub ca_pem: Option<String>,
+}
+
+impl Edge {
+    /// A channel to the gateway, `:authority` `service`.
+    pub fn dial(&self, service: &str) -> anyhow::Result<Channel> {
+        let via = self.addr.to_string();
+        match &self.ca_pem {
+            None => common::dial(service, Some(&via)),
+            Some(ca) => common::dial_tls(service, &via, ca, crate::mint::EDGE_NAME, None),
+        }
     }
 }
 
@@ -192,20 +215,23 @@ async fn watch(
     }
 }
 
-/// Place orders through the gateway at `edge`: `requests` of them (or until
-/// `stop`), `concurrency` at a time, `rate` a second at most (0: no limit).
+/// Place orders through the gateway at `edge` as `shoppers` (in turn):
+/// `requests` of them (or until `stop`), `concurrency` at a time, `rate` a
+/// second at most (0: no limit).
 /// Returns once every order has ended.
 pub async fn drive(
-    edge: SocketAddr,
+    edge: Edge,
+    shoppers: Vec<Shopper>,
     requests: Option<u64>,
     concurrency: usize,
     rate: f64,
     stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
-    let via = edge.to_string();
-    let catalog = CatalogClient::new(common::dial("catalog", Some(&via))?);
-    let orders = OrderClient::new(common::dial("order", Some(&via))?);
+    anyhow::ensure!(!shoppers.is_empty(), "no shoppers");
+    let shoppers = Arc::new(shoppers);
+    let catalog = CatalogClient::new(edge.dial("catalog")?);
+    let orders = OrderClient::new(edge.dial("order")?);
     let products = Arc::new(list_products(catalog).await?);
     let run: String = std::iter::repeat_with(fastrand::lowercase)
         .take(4)
@@ -218,8 +244,9 @@ pub async fn drive(
     let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (orders, products, stats, next, stop, run, watching) = (
+        let (orders, shoppers, products, stats, next, stop, run, watching) = (
             orders.clone(),
+            shoppers.clone(),
             products.clone(),
             stats.clone(),
             next.clone(),
@@ -245,8 +272,8 @@ pub async fn drive(
                         _ = stop.wait_for(|s| *s) => break,
                     }
                 }
-                let shopper = Shopper {
-                    name: format!("shopper-{}", i % 25),
+                let Some(shopper) = shoppers.get(i as usize % shoppers.len()).cloned() else {
+                    break;
                 };
                 let order_id = format!("{run}-{:05}", i + 1);
                 let items = basket(&products);
@@ -263,6 +290,7 @@ pub async fn drive(
                 let result = match placed {
                     Ok(r) => {
                         let r = r.into_inner();
+                        let _ = stats.first_paid.set(r.order_id.clone());
                         if !watching.swap(true, Ordering::Relaxed) {
                             watcher = Some(tokio::spawn(watch(
                                 orders.clone(),

@@ -10,7 +10,9 @@
 //!   driver calls.
 //!
 //! The configs are the files in `config/`, unchanged: each names its
-//! addresses as `${VAR:-default}`, and the launcher sets the variables.
+//! addresses as `${VAR:-default}`, and the launcher sets the variables,
+//! `TLS_DIR` included: where it minted the CA, the SVIDs, the edge
+//! certificate and the JWK Set (mint.rs) before starting anything.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,7 +31,8 @@ use crate::driver::{self, Stats};
 use crate::pb::health::health_check_response::ServingStatus;
 use crate::pb::health::health_client::HealthClient;
 use crate::pb::health::HealthCheckRequest;
-use crate::{common, report};
+use crate::rogues::{self, Rogues};
+use crate::{common, mint, report};
 
 /// The launcher's flags.
 #[derive(clap::Args, Debug)]
@@ -45,7 +48,10 @@ pub struct Args {
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
     /// While orders flow: SIGKILL one inventory replica and bring it back,
-    /// and make one payment replica slow and flaky.
+    /// make one payment replica slow and flaky, and run the clients the
+    /// shop must turn away: one that floods the gateway (429), one without
+    /// a valid token (401), a mesh workload calling a service it may not
+    /// (403).
     #[arg(long)]
     pub chaos: bool,
     /// The skiff binary. Default: `skiff` beside this binary (built there
@@ -197,27 +203,22 @@ impl Layout {
     }
 }
 
-/// Where mTLS certificates and JWT keys will come from.
-///
-/// mTLS (src/tls/, src/identity/) and the gateway's JWT check
-/// (src/admission/) are not built yet. When they land, `mint` makes a CA
-/// in `<dir>/tls/ca.pem`, one SPIFFE SVID per service
-/// (`spiffe://shop.local/ns/shop/sa/<service>`, in `<dir>/tls/<service>/`),
-/// the gateway's SVID and edge certificate, and a JWT signing key pair
-/// (`jwks.json` for the gateway); the sidecars get `TLS_DIR` in their
-/// environment (see [`Shop::sidecar`]) and the configs' commented `tls:`,
-/// `authorization:`, `jwt:` and `rate_limit:` blocks are switched on; the
-/// driver signs one token per shopper with [`Identities`] (see
-/// driver::Shopper) instead of sending `x-user-id` itself.
+/// The workloads that get an SVID: the four services and the gateway.
+const WORKLOADS: [&str; 5] = ["order", "catalog", "inventory", "payment", "gateway"];
+
+/// The shop's credentials (see [`mint`](crate::mint)): `<dir>/tls`, which
+/// every Skiff gets as `TLS_DIR` (see [`Shop::sidecar`]) for the configs'
+/// `tls:` and `jwt.jwks` files, and the keys that sign the shoppers' tokens
+/// (see driver::Shopper).
 pub struct Identities {
-    /// `<dir>/tls`, once there is something in it.
-    pub tls_dir: Option<PathBuf>,
+    pub minted: mint::Minted,
 }
 
-/// Mint the shop's certificates and keys into `dir` (nothing yet: see
-/// [`Identities`]).
-fn mint(_dir: &Path) -> anyhow::Result<Identities> {
-    Ok(Identities { tls_dir: None })
+/// Mint the CA, the SVIDs, the edge certificate and the JWT signing key
+/// into `<dir>/tls`.
+fn mint(dir: &Path) -> anyhow::Result<Identities> {
+    let minted = mint::mint(dir, &WORKLOADS).context("minting the shop's certificates")?;
+    Ok(Identities { minted })
 }
 
 /// A child process of the launcher and how to start it again.
@@ -414,9 +415,10 @@ impl Shop {
     /// A `skiff run` of `config` with `env`.
     fn sidecar(&self, name: String, config: &str, mut env: Vec<(String, String)>) -> Proc {
         env.extend(self.layout.endpoint_env());
-        if let Some(tls) = &self.identities.tls_dir {
-            env.push(("TLS_DIR".into(), tls.display().to_string()));
-        }
+        env.push((
+            "TLS_DIR".into(),
+            self.identities.minted.dir.display().to_string(),
+        ));
         let config = self.config_dir.join(config);
         Proc {
             log: self.dir.join("logs").join(format!("{name}-skiff.log")),
@@ -725,8 +727,11 @@ async fn start(args: &Args) -> anyhow::Result<Shop> {
 /// it, after so many orders), and no sooner than so long after the step
 /// before, so that the shop runs a while with the replica down.
 const CHAOS: &[(f64, u64, Duration, Chaos)] = &[
+    (0.1, 50, Duration::ZERO, Chaos::Flood),
+    (0.15, 75, Duration::ZERO, Chaos::Anonymous),
     (0.2, 100, Duration::ZERO, Chaos::KillInventory),
     (0.3, 150, Duration::ZERO, Chaos::FlakyPayment),
+    (0.4, 200, Duration::ZERO, Chaos::Intruder),
     (0.55, 250, Duration::from_secs(1), Chaos::ReviveInventory),
 ];
 
@@ -735,17 +740,34 @@ enum Chaos {
     KillInventory,
     FlakyPayment,
     ReviveInventory,
-    // Coming with the gateway's admission (src/admission/): a client that
-    // floods the gateway past its `rate_limit` (429s) and one that sends no
-    // token (401s), each a task beside the driver started here and stopped
-    // at the end; the summary then shows their counts from the gateway's
-    // `skiff_proxy_errors_total{kind="rate_limited"|"unauthenticated"}`.
+    /// A user who floods the gateway past its `rate_limit` (429s).
+    Flood,
+    /// A client with no token, a forged one or an expired one (401s).
+    Anonymous,
+    /// A mesh workload (catalog's SVID) calling payment, which only order
+    /// may call (403s).
+    Intruder,
 }
 
 /// The flags the flaky payment replica restarts with.
 const FLAKY_PAYMENT: &[&str] = &["--latency", "150ms", "--failure-rate", "0.3"];
 
-fn do_chaos(shop: &mut Shop, what: Chaos) -> anyhow::Result<String> {
+/// Calls of each rogue client.
+const FLOOD_CALLS: u64 = 300;
+const ANONYMOUS_CALLS: u64 = 30;
+const INTRUDER_CALLS: u64 = 10;
+
+/// What the chaos steps need besides the shop: where the shoppers go, who
+/// the first paid order is, and the rogue clients' tasks and tallies.
+struct ChaosRun {
+    edge: driver::Edge,
+    stats: Arc<Stats>,
+    rogues: Arc<Rogues>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn do_chaos(shop: &mut Shop, what: Chaos, run: &mut ChaosRun) -> anyhow::Result<String> {
+    let minted = &shop.identities.minted;
     Ok(match what {
         Chaos::KillInventory => {
             shop.kill_app("inventory-1");
@@ -759,8 +781,63 @@ fn do_chaos(shop: &mut Shop, what: Chaos) -> anyhow::Result<String> {
             shop.revive_app("inventory-1")?;
             "inventory-1 started again".to_string()
         }
+        Chaos::Flood => {
+            let user = driver::Shopper {
+                token: Some(minted.signer.token("flooder", TOKEN_TTL)?.into()),
+            };
+            let order = run
+                .stats
+                .first_paid
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "none-yet".into());
+            run.tasks.push(tokio::spawn(rogues::flood(
+                run.edge.clone(),
+                user,
+                order,
+                FLOOD_CALLS,
+                run.rogues.clone(),
+            )));
+            format!("a user floods the gateway with {FLOOD_CALLS} GetOrder, 8 at a time")
+        }
+        Chaos::Anonymous => {
+            let forged = minted.forger.token("anonymous", TOKEN_TTL)?.into();
+            let expired = minted.signer.expired("anonymous")?.into();
+            run.tasks.push(tokio::spawn(rogues::anonymous(
+                run.edge.clone(),
+                forged,
+                expired,
+                ANONYMOUS_CALLS,
+                run.rogues.clone(),
+            )));
+            format!(
+                "a client places {ANONYMOUS_CALLS} orders with no token, a forged one or an expired one"
+            )
+        }
+        Chaos::Intruder => {
+            let payment = shop
+                .layout
+                .of(Svc::Payment)
+                .next()
+                .map(|r| r.inbound)
+                .context("no payment replica")?;
+            run.tasks.push(tokio::spawn(rogues::intrude(
+                payment,
+                minted.ca_pem.clone(),
+                minted.svid_pem("catalog")?,
+                INTRUDER_CALLS,
+                run.rogues.clone(),
+            )));
+            format!("catalog's SVID calls payment-1's Skiff directly: {INTRUDER_CALLS} Charge")
+        }
     })
 }
+
+/// How long the shoppers' tokens are valid: longer than any run needs.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How many shoppers there are, each with a token of its own.
+const SHOPPERS: usize = 25;
 
 pub async fn main(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
@@ -794,9 +871,31 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
     }
 
     let stats = Arc::new(Stats::default());
+    let edge = driver::Edge {
+        addr: shop.layout.gateway_edge,
+        // Edge TLS (`tls.mode: terminate` in config/gateway.yaml) is not
+        // on yet: the shoppers speak h2c to the gateway.
+        ca_pem: None,
+    };
+    let mut shoppers = Vec::new();
+    for n in 0..SHOPPERS {
+        let name = format!("shopper-{n}");
+        let token = shop.identities.minted.signer.token(&name, TOKEN_TTL)?;
+        shoppers.push(driver::Shopper {
+            token: Some(token.into()),
+        });
+    }
+    let rogues = Arc::new(Rogues::default());
+    let mut chaos_run = ChaosRun {
+        edge: edge.clone(),
+        stats: stats.clone(),
+        rogues: rogues.clone(),
+        tasks: Vec::new(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let drive = tokio::spawn(driver::drive(
-        shop.layout.gateway_edge,
+        edge,
+        shoppers,
         args.requests,
         args.concurrency.max(1),
         args.rate,
@@ -839,7 +938,7 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
                 break;
             }
             chaos_left.remove(0);
-            let note = do_chaos(&mut shop, what)?;
+            let note = do_chaos(&mut shop, what, &mut chaos_run)?;
             stats.note_chaos(note);
             last_chaos = Instant::now();
         }
@@ -847,7 +946,7 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
     // Steps not reached while orders flowed (a short run) are done now, so
     // that the shop ends whole.
     for (_, _, what) in chaos_left {
-        let note = do_chaos(&mut shop, what)?;
+        let note = do_chaos(&mut shop, what, &mut chaos_run)?;
         stats.note_chaos(format!("{note} (after the last order)"));
     }
     stop_tx.send_replace(true);
@@ -865,11 +964,16 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
         Some(Err(e)) => eprintln!("shop: the driver failed: {e}"),
         None => eprintln!("shop: orders still in flight after 15s; checking anyway"),
     }
+    // The rogue clients are bounded in calls and time; wait for them, so
+    // that the metrics hold all they did.
+    for t in chaos_run.tasks.drain(..) {
+        let _ = t.await;
+    }
     // A watched order may still be moving; the databases are checked
     // once every saga has ended, which the driver waits for.
     let metrics = report::scrape(&shop.layout).await;
     let consistent = report::check(&shop.dir.join("data"), &stats);
-    let summary = report::summary(&stats, &metrics, &consistent, &shop.layout);
+    let summary = report::summary(&stats, &rogues, &metrics, &consistent, &shop.layout);
     println!("{summary}");
     shop.stop();
     eprintln!(

@@ -9,10 +9,12 @@ mod common;
 mod driver;
 mod inventory;
 mod launcher;
+mod mint;
 mod order;
 mod payment;
 mod pb;
 mod report;
+mod rogues;
 
 use std::process::ExitCode;
 

@@ -15,6 +15,7 @@ use tonic::Code;
 use crate::common;
 use crate::driver::Stats;
 use crate::launcher::{http_get, Layout, Svc};
+use crate::rogues::Rogues;
 
 /// One sample of the Prometheus text format.
 #[derive(Clone, Debug, PartialEq)]
@@ -197,23 +198,38 @@ fn ms(d: Option<Duration>) -> String {
     }
 }
 
-/// The table of what the Skiffs saw, one row per service.
-///
-/// Coming with mTLS and the gateway's admission: columns for the calls the
-/// gateway refused (`skiff_proxy_errors_total{kind="rate_limited"}` as
-/// 429s, `{kind="unauthenticated"}` as 401s), the calls an inbound
-/// `authorization:` denied (`{kind="forbidden"}`), and the mTLS handshakes
-/// each sidecar made, from the metrics src/tls/ adds.
+/// The kinds of proxy error that have a column of their own.
+const ADMISSION_KINDS: [&str; 3] = ["unauthenticated", "rate_limited", "forbidden"];
+
+/// The table of what the Skiffs saw, one row per service: calls, success,
+/// latency, retries and ejections as the callers' Skiffs counted them; the
+/// calls the gateway refused (401: no valid token, 429: rate limited, as
+/// the gRPC status of its answers to calls for that service); the calls
+/// the service's own Skiffs denied (403, `skiff_authz_denied_total`); the
+/// mTLS handshakes they accepted (`skiff_tls_handshakes_total`).
 fn metrics_table(m: &Metrics, layout: &Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8}  {:<34} served by replica (ok%)",
-        "service", "calls", "ok", "p50", "p99", "tries", "retry", "ejected", "skiff errors"
+        "{:<10} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>5} {:>5} {:>5} {:>6}  {:<26} served by replica (ok%)",
+        "service",
+        "calls",
+        "ok",
+        "p50",
+        "p99",
+        "tries",
+        "retry",
+        "ejected",
+        "401",
+        "429",
+        "403",
+        "mTLS",
+        "skiff errors"
     );
     for svc in Svc::ALL {
         let name = svc.name();
         let (mut calls, mut ok, mut tries, mut retries, mut ejected) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut unauthenticated, mut limited) = (0.0, 0.0);
         let mut latencies: Vec<(Vec<&str>, &str)> = Vec::new();
         let mut errors: BTreeMap<String, f64> = BTreeMap::new();
         for (proxy, listener) in callers(svc) {
@@ -232,6 +248,22 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
                     ("grpc_status", "0"),
                 ],
             );
+            if listener == "gateway" {
+                // Refused at the gateway's admission, before any try.
+                let refused = |code| {
+                    m.sum(
+                        &p,
+                        "skiff_requests_total",
+                        &[
+                            ("listener", listener),
+                            ("cluster", name),
+                            ("grpc_status", code),
+                        ],
+                    )
+                };
+                unauthenticated += refused("16");
+                limited += refused("8");
+            }
             tries += m.sum(&p, "skiff_upstream_attempts_total", &[("cluster", name)]);
             retries += m.sum(&p, "skiff_retries_total", &[("cluster", name)]);
             ejected += m.sum(&p, "skiff_outlier_ejections_total", &[("cluster", name)]);
@@ -250,7 +282,11 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
             let p = [proxy.as_str()];
             for s in m.samples(&p, "skiff_proxy_errors_total", &[("listener", listener)]) {
                 if s.value > 0.0 {
-                    if let Some(kind) = s.labels.get("kind") {
+                    if let Some(kind) = s
+                        .labels
+                        .get("kind")
+                        .filter(|k| !ADMISSION_KINDS.contains(&k.as_str()))
+                    {
                         *errors.entry(kind.clone()).or_default() += s.value;
                     }
                 }
@@ -275,6 +311,22 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
                 m.quantile(&buckets_proxies, &want, 0.5),
                 m.quantile(&buckets_proxies, &want, 0.99),
             )
+        };
+        let own: Vec<String> = layout.of(svc).map(|r| r.name()).collect();
+        let own: Vec<&str> = own.iter().map(String::as_str).collect();
+        let denied = m.sum(&own, "skiff_authz_denied_total", &[]);
+        let handshakes = m.sum(
+            &own,
+            "skiff_tls_handshakes_total",
+            &[("side", "inbound"), ("result", "success")],
+        );
+        let at_gateway = callers(svc).iter().any(|(p, _)| *p == "gateway");
+        let gateway_count = |n: f64| {
+            if at_gateway {
+                format!("{n:.0}")
+            } else {
+                "-".into()
+            }
         };
         let served: Vec<String> = layout
             .of(svc)
@@ -301,15 +353,19 @@ fn metrics_table(m: &Metrics, layout: &Layout) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:>6.0} {:>7} {:>7} {:>7} {:>6.0} {:>6.0} {:>8.0}  {:<34} {}",
+            "{:<10} {:>6.0} {:>7} {:>7} {:>7} {:>6.0} {:>6.0} {:>7.0} {:>5} {:>5} {:>5.0} {:>6.0}  {:<26} {}",
             name,
             calls,
-            pct(ok, calls),
+            pct(ok, calls - unauthenticated - limited),
             ms(p50),
             ms(p99),
             tries,
             retries,
             ejected,
+            gateway_count(unauthenticated),
+            gateway_count(limited),
+            denied,
+            handshakes,
             errors,
             served.join(", ")
         );
@@ -604,8 +660,130 @@ fn check_into(data: &Path, stats: &Stats, c: &mut Consistency) -> rusqlite::Resu
     Ok(())
 }
 
+/// `missing 10, signature 10` from the samples of `name` by `label`, those
+/// above 0, skipping `except`.
+fn by_label(
+    m: &Metrics,
+    proxies: &[&str],
+    name: &str,
+    want: &[(&str, &str)],
+    label: &str,
+    except: &str,
+) -> String {
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    for s in m.samples(proxies, name, want) {
+        if let Some(v) = s.labels.get(label).filter(|v| *v != except) {
+            if s.value > 0.0 {
+                *counts.entry(v.clone()).or_default() += s.value;
+            }
+        }
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Who was turned away, and whether every hop inside was mTLS: what the
+/// rogue clients of --chaos were told, next to what the Skiffs counted.
+fn security(m: &Metrics, rogues: &Rogues, chaos: bool) -> String {
+    let mut out = String::new();
+    let gw = ["gateway"];
+    let unauthenticated = m.sum(&gw, "skiff_authn_denied_total", &[]);
+    let reasons = by_label(m, &gw, "skiff_authn_denied_total", &[], "reason", "");
+    let limited = m.sum(&gw, "skiff_ratelimited_total", &[]);
+    let sidecars = ["order-", "catalog-", "inventory-", "payment-"];
+    let denied = m.sum(&sidecars, "skiff_authz_denied_total", &[]);
+    let _ = writeln!(
+        out,
+        "   gateway: {unauthenticated:.0} × 401 unauthenticated{} · {limited:.0} × 429 rate_limited · sidecars: {denied:.0} × 403 forbidden",
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reasons})")
+        },
+    );
+    if chaos {
+        let _ = writeln!(
+            out,
+            "   the flooder (one user, GetOrder 8 at a time) was told: {}",
+            rogues.flooder.text()
+        );
+        let _ = writeln!(
+            out,
+            "   the anonymous client (PlaceOrder with no, forged or expired token) was told: {}",
+            rogues.anonymous.text()
+        );
+        let _ = writeln!(
+            out,
+            "   the intruder (catalog's SVID, Charge at payment-1's Skiff) was told: {}",
+            rogues.intruder.text()
+        );
+    }
+    let inbound_ok = m.sum(
+        &sidecars,
+        "skiff_tls_handshakes_total",
+        &[("side", "inbound"), ("result", "success")],
+    );
+    let inbound_all = m.sum(
+        &sidecars,
+        "skiff_tls_handshakes_total",
+        &[("side", "inbound")],
+    );
+    let callers = ["order-", "gateway"];
+    let outbound_ok = m.sum(
+        &callers,
+        "skiff_tls_handshakes_total",
+        &[("side", "outbound"), ("result", "success")],
+    );
+    let outbound_all = m.sum(
+        &callers,
+        "skiff_tls_handshakes_total",
+        &[("side", "outbound")],
+    );
+    let refused = by_label(
+        m,
+        &sidecars,
+        "skiff_tls_handshakes_total",
+        &[("side", "inbound")],
+        "result",
+        "success",
+    );
+    let failed = by_label(
+        m,
+        &callers,
+        "skiff_tls_handshakes_total",
+        &[("side", "outbound")],
+        "result",
+        "success",
+    );
+    let _ = writeln!(
+        out,
+        "   mTLS: the sidecars accepted {inbound_ok:.0} handshakes and refused {:.0}{}; the order sidecars and the gateway made {outbound_ok:.0}, {:.0} failed{}",
+        inbound_all - inbound_ok,
+        if refused.is_empty() { String::new() } else { format!(" ({refused})") },
+        outbound_all - outbound_ok,
+        if failed.is_empty() { String::new() } else { format!(" ({failed})") },
+    );
+    out
+}
+
+/// Whether no rogue client ran (a run without --chaos).
+fn rogues_idle(r: &Rogues) -> bool {
+    [&r.flooder, &r.anonymous, &r.intruder]
+        .iter()
+        .all(|t| t.text() == "-")
+}
+
 /// The summary: the orders, the consistency check, and the Skiffs' table.
-pub fn summary(stats: &Stats, m: &Metrics, c: &Consistency, layout: &Layout) -> String {
+pub fn summary(
+    stats: &Stats,
+    rogues: &Rogues,
+    m: &Metrics,
+    c: &Consistency,
+    layout: &Layout,
+) -> String {
     let mut out = String::new();
     let outcomes = stats.outcomes.lock().map(|o| o.clone()).unwrap_or_default();
     let elapsed = stats
@@ -665,10 +843,19 @@ pub fn summary(stats: &Stats, m: &Metrics, c: &Consistency, layout: &Layout) -> 
     }
     let _ = writeln!(
         out,
-        "   tries = tries sent to replicas; retry = tries after the first; ejected = replicas \
-         taken out by outlier detection;\n   served = calls each replica's own Skiff took in \
-         (health checks included); order's p99 includes the WatchOrder stream"
+        "   ok = of the calls the gateway let in; tries = tries sent to replicas; retry = tries \
+         after the first; ejected = replicas taken out by outlier detection;\n   401, 429 = \
+         refused by the gateway (no valid token, rate limited); 403 = denied by the service's \
+         own Skiffs (authorization); mTLS = handshakes they accepted;\n   served = calls each \
+         replica's own Skiff took in (health checks included); order's p50/p99 include the \
+         WatchOrder stream and the calls the gateway refused"
     );
+
+    let _ = writeln!(
+        out,
+        "\n== who was turned away, and mTLS (gateway: jwt + rate_limit; sidecars: tls strict + authorization)"
+    );
+    out.push_str(&security(m, rogues, !rogues_idle(rogues)));
 
     let _ = writeln!(out, "\n== consistency (order.db, inventory.db, payment.db)");
     let stock: Vec<String> = c

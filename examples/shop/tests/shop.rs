@@ -43,9 +43,64 @@ fn running(pid: u32) -> bool {
     }
 }
 
-/// Run the shop with `args`; its stdout (the summary), after checking it
-/// exited 0 within `limit` and left nothing running.
-fn shop(name: &str, args: &[&str], limit: Duration) -> String {
+/// A finished run: its summary (stdout) and its directory (logs, data),
+/// removed when this is dropped.
+struct Run {
+    summary: String,
+    dir: PathBuf,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Run {
+    /// The number just before `before` in the first summary line that
+    /// starts with `line_has` (after its indent).
+    fn count(&self, line_has: &str, before: &str) -> u64 {
+        let line = self
+            .summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(line_has))
+            .unwrap_or_else(|| panic!("no line starting {line_has:?}:\n{}", self.summary));
+        let (head, _) = line
+            .split_once(before)
+            .unwrap_or_else(|| panic!("no {before:?} in {line:?}"));
+        head.split_whitespace()
+            .rev()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {before:?} in {line:?}"))
+    }
+
+    /// The peer identities of the requests `replica`'s Skiff took in on its
+    /// inbound listener (its access log), with each request's gRPC status;
+    /// `None` for a request that came without one.
+    fn inbound_peers(&self, replica: &str) -> Vec<(Option<String>, String)> {
+        let log = self.dir.join("logs").join(format!("{replica}-access.log"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let field = |line: &str, key: &str| -> Option<String> {
+            let (_, rest) = line.split_once(&format!("\"{key}\":"))?;
+            let rest = rest.trim_start_matches('"');
+            let end = rest.find(['"', ',', '}'])?;
+            Some(rest[..end].to_string())
+        };
+        text.lines()
+            .filter(|l| l.contains("\"listener\":\"inbound\""))
+            .map(|l| {
+                (
+                    field(l, "peer"),
+                    field(l, "grpc_status").unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Run the shop with `args`, after checking it exited 0 within `limit` and
+/// left nothing running.
+fn shop(name: &str, args: &[&str], limit: Duration) -> Run {
     let dir = scratch(name);
     let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
         .args(args)
@@ -92,17 +147,54 @@ fn shop(name: &str, args: &[&str], limit: Duration) -> String {
     assert!(started.len() >= 17, "{pids}");
     let left: Vec<&(String, u32)> = started.iter().filter(|(_, pid)| running(*pid)).collect();
     assert!(left.is_empty(), "still running: {left:?}");
-    let _ = std::fs::remove_dir_all(&dir);
-    stdout
+    Run {
+        summary: stdout,
+        dir,
+    }
+}
+
+const ORDER: &str = "spiffe://shop.local/ns/shop/sa/order";
+const GATEWAY: &str = "spiffe://shop.local/ns/shop/sa/gateway";
+const CATALOG: &str = "spiffe://shop.local/ns/shop/sa/catalog";
+
+/// Every hop inside the shop was mTLS with the caller it should be: each
+/// request a sidecar took in came with a verified SPIFFE ID (the access
+/// log's `peer`), the order service's from the gateway, the catalog's from
+/// order or the gateway, inventory's and payment's from order — except the
+/// intruder's (catalog's SVID) at payment-1, each denied (gRPC 7).
+fn assert_mtls_everywhere(run: &Run) {
+    for (replica, allowed) in [
+        ("order-1", &[GATEWAY][..]),
+        ("order-2", &[GATEWAY]),
+        ("catalog-1", &[ORDER, GATEWAY]),
+        ("catalog-2", &[ORDER, GATEWAY]),
+        ("inventory-1", &[ORDER]),
+        ("inventory-2", &[ORDER]),
+        ("payment-1", &[ORDER]),
+        ("payment-2", &[ORDER]),
+    ] {
+        let peers = run.inbound_peers(replica);
+        assert!(!peers.is_empty(), "{replica}'s Skiff took in nothing");
+        for (peer, grpc_status) in peers {
+            match peer.as_deref() {
+                Some(p) if allowed.contains(&p) => {}
+                Some(CATALOG) if replica == "payment-1" => {
+                    assert_eq!(grpc_status, "7", "the intruder at payment-1 got through")
+                }
+                other => panic!("{replica} took a call from {other:?}"),
+            }
+        }
+    }
 }
 
 #[test]
 fn thirty_orders_end_consistent() {
-    let summary = shop(
+    let run = shop(
         "plain",
         &["--requests", "30", "--concurrency", "4"],
         Duration::from_secs(90),
     );
+    let summary = &run.summary;
     assert!(summary.contains("== orders: 30 placed"), "{summary}");
     assert!(summary.contains("30 orders: "), "{summary}");
     assert!(summary.contains("CONSISTENT"), "{summary}");
@@ -114,15 +206,24 @@ fn thirty_orders_end_consistent() {
             "no {svc} row:\n{summary}"
         );
     }
+    // Every shopper's token passed, and every hop inside was mTLS.
+    assert_eq!(run.count("gateway: ", "× 401"), 0, "{summary}");
+    assert!(
+        run.count("mTLS: ", "handshakes and refused") > 0,
+        "{summary}"
+    );
+    assert_eq!(run.count("mTLS: ", "; the order sidecars"), 0, "{summary}");
+    assert_mtls_everywhere(&run);
 }
 
 #[test]
 fn sixty_orders_with_chaos_end_consistent() {
-    let summary = shop(
+    let run = shop(
         "chaos",
         &["--requests", "60", "--concurrency", "2", "--chaos"],
         Duration::from_secs(120),
     );
+    let summary = &run.summary;
     assert!(summary.contains("== orders: 60 placed"), "{summary}");
     assert!(summary.contains("chaos at"), "{summary}");
     assert!(summary.contains("SIGKILL inventory-1"), "{summary}");
@@ -130,4 +231,48 @@ fn sixty_orders_with_chaos_end_consistent() {
     assert!(summary.contains("inventory-1 started again"), "{summary}");
     assert!(summary.contains("CONSISTENT"), "{summary}");
     assert!(!summary.contains("NOT CONSISTENT"), "{summary}");
+
+    // The clients the shop must turn away were turned away, and counted
+    // by the Skiffs that did it: 401s for no, forged or expired tokens,
+    // 429s for the flooder, 403s for the intruder. Every anonymous order
+    // was refused, so none of them is in order.db (the consistency check
+    // above counts only what the shoppers placed: 60).
+    assert!(run.count("gateway: ", "× 401") > 0, "{summary}");
+    assert!(run.count("gateway: ", "× 429") > 0, "{summary}");
+    assert!(run.count("gateway: ", "× 403") > 0, "{summary}");
+    assert!(summary.contains("60 orders: "), "{summary}");
+    for reason in ["missing", "signature", "expired"] {
+        assert!(
+            summary.contains(&format!("{reason} ")),
+            "no {reason}: {summary}"
+        );
+    }
+    assert!(
+        run.count("the flooder", "RESOURCE_EXHAUSTED") > 0,
+        "{summary}"
+    );
+    assert!(
+        run.count("the anonymous client", "UNAUTHENTICATED") > 0,
+        "{summary}"
+    );
+    assert!(
+        run.count("the intruder", "PERMISSION_DENIED") > 0,
+        "{summary}"
+    );
+    let anonymous = run
+        .summary
+        .lines()
+        .find(|l| l.contains("the anonymous client"))
+        .unwrap();
+    assert!(
+        !anonymous.contains(" OK"),
+        "an anonymous order got through: {anonymous}"
+    );
+    // Orders went through over mTLS, the replicas killed and slowed
+    // notwithstanding.
+    assert!(
+        run.count("mTLS: ", "handshakes and refused") > 0,
+        "{summary}"
+    );
+    assert_mtls_everywhere(&run);
 }
