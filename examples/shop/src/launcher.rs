@@ -863,7 +863,7 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
         );
     }
     eprintln!(
-        "  {:<12} edge {}  admin http://{}",
+        "  {:<12} edge https://{}  admin http://{}",
         "gateway", shop.layout.gateway_edge, shop.layout.gateway_admin
     );
     if args.requests.is_none() {
@@ -873,9 +873,9 @@ pub async fn main(args: Args) -> anyhow::Result<bool> {
     let stats = Arc::new(Stats::default());
     let edge = driver::Edge {
         addr: shop.layout.gateway_edge,
-        // Edge TLS (`tls.mode: terminate` in config/gateway.yaml) is not
-        // on yet: the shoppers speak h2c to the gateway.
-        ca_pem: None,
+        // The gateway terminates TLS (`tls.mode: terminate` in
+        // config/gateway.yaml) with a certificate from the shop's CA.
+        ca_pem: Some(shop.identities.minted.ca_pem.clone()),
     };
     let mut shoppers = Vec::new();
     for n in 0..SHOPPERS {

@@ -766,6 +766,17 @@ fn security(m: &Metrics, rogues: &Rogues, chaos: bool) -> String {
         outbound_all - outbound_ok,
         if failed.is_empty() { String::new() } else { format!(" ({failed})") },
     );
+    let edge_ok = m.sum(
+        &gw,
+        "skiff_tls_handshakes_total",
+        &[("side", "inbound"), ("result", "success")],
+    );
+    let edge_all = m.sum(&gw, "skiff_tls_handshakes_total", &[("side", "inbound")]);
+    let _ = writeln!(
+        out,
+        "   edge TLS: the gateway accepted {edge_ok:.0} HTTPS handshakes, {:.0} refused",
+        edge_all - edge_ok,
+    );
     out
 }
 
@@ -853,7 +864,7 @@ pub fn summary(
 
     let _ = writeln!(
         out,
-        "\n== who was turned away, and mTLS (gateway: jwt + rate_limit; sidecars: tls strict + authorization)"
+        "\n== who was turned away, and mTLS (gateway: tls terminate + jwt + rate_limit; sidecars: tls strict + authorization)"
     );
     out.push_str(&security(m, rogues, !rogues_idle(rogues)));
 

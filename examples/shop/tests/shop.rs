@@ -214,6 +214,9 @@ fn thirty_orders_end_consistent() {
     );
     assert_eq!(run.count("mTLS: ", "; the order sidecars"), 0, "{summary}");
     assert_mtls_everywhere(&run);
+    // The shoppers reached the gateway over HTTPS, and none was refused.
+    assert!(run.count("edge TLS: ", "HTTPS handshakes") > 0, "{summary}");
+    assert_eq!(run.count("edge TLS: ", " refused"), 0, "{summary}");
 }
 
 #[test]
