@@ -471,6 +471,13 @@ fn dns_clusters_name_headless_services() -> anyhow::Result<()> {
         for c in &config.clusters {
             let Some(dns) = &c.dns else { continue };
             let Some(name) = &dns.name else { continue };
+            // A name outside the cluster (the identity provider's) is no Service.
+            let in_cluster = !name.contains('.')
+                || name.ends_with(".svc")
+                || name.ends_with(".svc.cluster.local");
+            if !in_cluster {
+                continue;
+            }
             let svc = name.split('.').next().unwrap_or_default();
             match services.get(svc) {
                 None => problems.push(format!(
@@ -655,8 +662,9 @@ fn peers_required() -> bool {
 }
 
 /// Kinds that have no schema in `kubernetes-validate`: it warns and skips
-/// them. Any other kind without a schema is a mistake (an apiVersion typo).
-const NO_SCHEMA: [&str; 2] = ["Kustomization", "PodMonitor"];
+/// them (cert-manager's Certificate and Issuer are CRDs too). Any other
+/// kind without a schema is a mistake (an apiVersion typo).
+const NO_SCHEMA: [&str; 4] = ["Kustomization", "PodMonitor", "Certificate", "Issuer"];
 
 #[test]
 fn manifests_match_the_kubernetes_schemas() -> anyhow::Result<()> {
@@ -868,5 +876,115 @@ fn every_shop_pod_proves_its_identity_and_takes_only_mtls() -> anyhow::Result<()
     }
     assert!(proven.len() >= 5, "{proven:?}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// The gateway is the shop's edge: its listener terminates HTTPS with the
+/// files of the Secret cert-manager's Certificate fills, checks JWTs, and
+/// keeps its rate limits in a Redis the manifests run, on the port its
+/// Service has; the Service in front of it speaks HTTPS.
+#[test]
+fn the_gateway_terminates_https_checks_jwts_and_shares_its_limits() -> anyhow::Result<()> {
+    use skiff::config::model::ListenerTlsMode;
+    let all = resources();
+    let configs = skiff_configs(&all)?;
+    let find = |kind: &str, name: &str| {
+        all.iter()
+            .find(|r| r.kind() == kind && r.name() == name)
+            .with_context(|| format!("no {kind} {name}"))
+    };
+    let deployment = find("Deployment", "gateway")?;
+    let template = &deployment.doc["spec"]["template"];
+    let pod = &template["spec"];
+    let config = pod_config(template, &configs).context("the gateway's Skiff config")?;
+    let listener = config
+        .listeners
+        .iter()
+        .find(|l| l.name == "gateway")
+        .context("no listener gateway")?;
+
+    // Edge TLS from the Certificate's Secret, mounted where the config reads it.
+    let tls = listener
+        .tls
+        .as_ref()
+        .context("the gateway listener has no tls")?;
+    assert_eq!(tls.mode, ListenerTlsMode::Terminate);
+    let cert = tls.cert.as_deref().context("no tls.cert")?;
+    let key = tls.key.as_deref().context("no tls.key")?;
+    let dir = cert.rsplit_once('/').map_or("", |(d, _)| d);
+    assert_eq!(key, format!("{dir}/tls.key"), "cert-manager writes tls.key");
+    assert_eq!(
+        cert,
+        format!("{dir}/tls.crt"),
+        "cert-manager writes tls.crt"
+    );
+    let skiff = containers(pod)
+        .get("skiff")
+        .map(|c| c.spec)
+        .context("no skiff")?;
+    let mount = skiff["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .with_context(|| format!("nothing is mounted at {dir}"))?;
+    let secret = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .and_then(|v| v["secret"]["secretName"].as_str())
+        .context("the edge files are not a Secret volume")?;
+    let issued = all
+        .iter()
+        .any(|r| r.kind() == "Certificate" && r.doc["spec"]["secretName"].as_str() == Some(secret));
+    assert!(issued, "no Certificate fills the Secret {secret}");
+
+    // JWT on every route but the catalog's, from a key set fetched over https.
+    let jwt = listener.jwt.as_ref().context("the gateway checks no JWT")?;
+    assert!(!jwt.issuer.is_empty() && !jwt.audiences.is_empty());
+
+    // Shared rate limits: a Redis Service on the URL's port.
+    let limit = listener.rate_limit.as_ref().context("no rate_limit")?;
+    let shared = limit
+        .shared
+        .as_ref()
+        .context("the rate limit is not shared")?;
+    let rest = shared
+        .redis
+        .strip_prefix("redis://")
+        .context("not redis://")?;
+    let (host, port) = rest.rsplit_once(':').context("no port in the Redis URL")?;
+    let svc = find("Service", host.split('.').next().unwrap_or_default())?;
+    let ports: Vec<String> = svc.doc["spec"]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["port"].as_u64().map(|p| p.to_string()))
+        .collect();
+    assert!(
+        ports.iter().any(|p| p == port),
+        "Service {host} has no port {port}"
+    );
+
+    // The gateway's Service: HTTPS to the listener's port.
+    let listen_port = port_of(&listener.address);
+    let service = find("Service", "gateway")?;
+    let target = service.doc["spec"]["ports"][0]["targetPort"].clone();
+    let container = skiff["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == target || p["containerPort"] == target)
+        .and_then(|p| p["containerPort"].as_u64());
+    assert_eq!(
+        container,
+        Some(u64::from(listen_port)),
+        "the Service does not reach the listener"
+    );
+    assert_eq!(
+        service.doc["spec"]["ports"][0]["appProtocol"].as_str(),
+        Some("https")
+    );
     Ok(())
 }
