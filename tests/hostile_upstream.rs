@@ -697,3 +697,73 @@ async fn a_burst_of_faults_leaks_nothing() -> anyhow::Result<()> {
     bench.skiff.assert_rss_bounded("upstream faults")?;
     Ok(())
 }
+
+/// A GOAWAY names the last stream its sender may have processed: a stream
+/// above it never reached the app (refused, safe to send again), one at or
+/// below it may have. A POST, which a retry policy resends only when it
+/// provably never arrived, is resent after a graceful GOAWAY (NO_ERROR)
+/// that refused it, and never after one that let it through. After a
+/// GOAWAY with an error code h2 reports both kinds of stream alike, so
+/// neither is resent: a refused POST lost is the safe side of that.
+#[tokio::test]
+async fn a_post_is_resent_after_a_goaway_only_when_it_was_refused() -> anyhow::Result<()> {
+    const INTERNAL_ERROR: u32 = 0x2;
+    for (refused, code, want_tries) in [
+        (true, raw_h2::NO_ERROR, 3),
+        (true, INTERNAL_ERROR, 1), // refused, but not told apart from processed
+        (false, raw_h2::NO_ERROR, 1),
+        (false, INTERNAL_ERROR, 1),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = tries.clone();
+        let _upstream = AbortOnDrop::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    tcp.read_exact(&mut preface).await?;
+                    tcp.write_all(&raw_h2::settings(&[])).await?;
+                    loop {
+                        let (kind, flags, stream, _) = read_frame(&mut tcp).await?;
+                        if kind == raw_h2::SETTINGS && flags & raw_h2::ACK == 0 {
+                            tcp.write_all(&frame(raw_h2::SETTINGS, raw_h2::ACK, 0, &[]))
+                                .await?;
+                        }
+                        if kind == raw_h2::HEADERS {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let last = if refused { stream - 1 } else { stream };
+                            tcp.write_all(&goaway(last, code)).await?;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return anyhow::Ok(());
+                        }
+                    }
+                });
+            }
+        });
+        let yaml = format!(
+            "admin:\n  address: 127.0.0.1:0\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: \"/\" }}\n            cluster: goaway\n            timeout: {ROUTE_TIMEOUT}\n            retry: {{ attempts: 3, on: [refused-stream, reset], backoff: {{ base: 1ms, max: 2ms }} }}\nclusters:\n  - name: goaway\n    protocol: http2\n    endpoints: [\"{addr}\"]\n"
+        );
+        let skiff = Skiff::with_yaml(HttpBackend::start().await?, &yaml).await?;
+        let mut c = HttpClient::connect(skiff.addr, Proto::H1).await?;
+        let req = c.request("POST", "/orders").body(body::full("{}"))?;
+        let resp = c.send(req).await?;
+        let what = format!(
+            "GOAWAY {} the stream, code {code}",
+            if refused { "refusing" } else { "after" }
+        );
+        assert_eq!(resp.status(), 502, "{what}");
+        assert_eq!(
+            header_str(resp.headers(), "x-skiff-error"),
+            Some("upstream_reset"),
+            "{what}"
+        );
+        assert_eq!(
+            tries.load(std::sync::atomic::Ordering::SeqCst),
+            want_tries,
+            "{what}: tries the upstream saw"
+        );
+    }
+    Ok(())
+}

@@ -220,8 +220,17 @@ impl Pool {
     /// A stream that failed before its response head: refused unprocessed
     /// (REFUSED_STREAM, or above the last stream of a GOAWAY), or reset.
     fn response_error(&self, e: ::h2::Error) -> UpstreamError {
-        let refused =
-            e.reason() == Some(::h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
+        // A GOAWAY refuses the streams above its last-stream-id, and h2
+        // tells them so at once, with the GOAWAY's code. When the code is an
+        // error, h2 later reports the streams at or below it (which the
+        // upstream may have processed) the same way as the connection ends,
+        // so only a graceful GOAWAY (NO_ERROR) proves a stream unprocessed:
+        // after it, the streams it let finish end as a broken connection,
+        // not as a GOAWAY. An error GOAWAY is a reset, never resent unless
+        // the request may be.
+        let graceful_goaway =
+            e.is_go_away() && e.is_remote() && e.reason() == Some(::h2::Reason::NO_ERROR);
+        let refused = e.reason() == Some(::h2::Reason::REFUSED_STREAM) || graceful_goaway;
         if refused {
             UpstreamError::Refused {
                 addr: self.addr,
