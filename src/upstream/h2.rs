@@ -174,6 +174,39 @@ impl Pool {
         let end_of_stream = body.is_end_stream();
         let head = Request::from_parts(parts, ());
 
+        // A request without a body that a graceful GOAWAY refused (the
+        // upstream closing a pooled connection as the request left: the
+        // HTTP/2 form of the keep-alive race) is sent once more on another
+        // connection, retry policy or not: it never reached the app. One
+        // with a body cannot be: its bytes are gone; a retry policy keeps a
+        // replay copy for that.
+        let mut resend = end_of_stream;
+        let mut body = (!end_of_stream).then_some(body);
+        let (response, slot) = loop {
+            let (response, slot) = self.open_stream(head.clone(), body.take()).await?;
+            match response.await {
+                Ok(r) => break (r, slot),
+                Err(e) => match self.response_error(e) {
+                    UpstreamError::Refused { .. } if resend => {
+                        self.h2.remove(&slot.0);
+                        resend = false;
+                    }
+                    err => return Err(err),
+                },
+            }
+        };
+        let (parts, recv) = response.into_parts();
+        Ok(Response::from_parts(parts, ProxyBody::h2(recv, Some(slot))))
+    }
+
+    /// Open a stream for `head` on a pooled or new connection and send
+    /// `body` (none: the head ends the stream), streaming what did not
+    /// arrive with the head from a task of its own.
+    async fn open_stream(
+        &self,
+        head: Request<()>,
+        body: Option<RequestBody>,
+    ) -> Result<(::h2::client::ResponseFuture, Arc<StreamSlot>), UpstreamError> {
         // A connection that went away (GOAWAY, closed) since it was pooled
         // fails `ready` before the request is handed over: take another.
         let mut tries = 0;
@@ -190,7 +223,7 @@ impl Pool {
                 }
             }
         };
-        let (response, stream) = match sender.send_request(head, end_of_stream) {
+        let (response, stream) = match sender.send_request(head, body.is_none()) {
             Ok(r) => r,
             Err(e) => {
                 self.h2.remove(&slot.0);
@@ -198,8 +231,7 @@ impl Pool {
             }
         };
         let slot = Arc::new(slot);
-        if !end_of_stream {
-            let mut body = body;
+        if let Some(mut body) = body {
             let mut stream = stream;
             // A small request (a unary gRPC call) usually arrived whole with
             // its head: send it now, so it leaves in the same write as the
@@ -212,9 +244,7 @@ impl Pool {
                 });
             }
         }
-        let response = response.await.map_err(|e| self.response_error(e))?;
-        let (parts, recv) = response.into_parts();
-        Ok(Response::from_parts(parts, ProxyBody::h2(recv, Some(slot))))
+        Ok((response, slot))
     }
 
     /// A stream that failed before its response head: refused unprocessed

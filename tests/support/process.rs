@@ -167,9 +167,14 @@ impl SkiffProcess {
         listeners: &[&str],
     ) -> anyhow::Result<SkiffProcess> {
         let mut cmd = Command::new(binary);
+        // SKIFF_TEST_LOG=debug shows h2's frames and skiff's debug lines in
+        // what a failing test prints.
         cmd.args(["run", "--config"])
             .arg(config)
-            .env("SKIFF_LOG", "info")
+            .env(
+                "SKIFF_LOG",
+                std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null());
         let (mut child, lines) = Lines::spawn(&mut cmd, "skiff run")?;
         let found = eventually_blocking(Duration::from_secs(20), || {
